@@ -1,0 +1,268 @@
+//! Word-piece tokenization with character offsets, through the `tokenizers` crate.
+//!
+//! A Hugging Face `tokenizer.json` is used as it is, except that any truncation or padding baked
+//! into it is switched off: windowing decides lengths. A bare WordPiece `vocab.txt` is turned into
+//! the same pipeline `BertTokenizerFast` builds (BERT normaliser, BERT pre-tokeniser, WordPiece).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::error::{DataError, Result};
+
+/// Whether a `vocab.txt` tokenizer lowercases. A `tokenizer.json` carries its own setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Casing {
+    /// `do_lower_case` from a `tokenizer_config.json` beside the vocabulary, else lowercase
+    /// unless the vocabulary has capitalised words (as bert-base-cased's does).
+    #[default]
+    Auto,
+    Lower,
+    Cased,
+}
+
+/// Token ids and, for each token, its `[start, end)` span in code points of the input text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenizedText {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(u32, u32)>,
+}
+
+/// The special tokens a BERT input is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub cls: u32,
+    pub sep: u32,
+    pub pad: u32,
+}
+
+pub struct QaTokenizer {
+    inner: Tokenizer,
+    special: SpecialTokens,
+    source: PathBuf,
+    fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for QaTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QaTokenizer")
+            .field("source", &self.source)
+            .field("special", &self.special)
+            .finish()
+    }
+}
+
+impl QaTokenizer {
+    /// Loads from a model directory (its `tokenizer.json`, else its `vocab.txt`), a
+    /// `tokenizer.json` file or a `vocab.txt` file.
+    pub fn from_path(path: impl AsRef<Path>, casing: Casing) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let json = path.join("tokenizer.json");
+            let vocab = path.join("vocab.txt");
+            if json.is_file() {
+                Self::from_tokenizer_json(&json)
+            } else if vocab.is_file() {
+                Self::from_vocab(&vocab, casing)
+            } else {
+                Err(DataError::Tokenizer {
+                    path: path.to_path_buf(),
+                    message: "directory has neither tokenizer.json nor vocab.txt".into(),
+                })
+            }
+        } else if path.extension().is_some_and(|e| e == "txt") {
+            Self::from_vocab(path, casing)
+        } else if path.exists() {
+            Self::from_tokenizer_json(path)
+        } else {
+            Err(DataError::Tokenizer {
+                path: path.to_path_buf(),
+                message: "no such file or directory".into(),
+            })
+        }
+    }
+
+    pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
+        let inner = Tokenizer::from_file(path).map_err(|e| tokenizer_error(path, e))?;
+        Self::finish(inner, path)
+    }
+
+    pub fn from_vocab(path: &Path, casing: Casing) -> Result<Self> {
+        let vocab_file = path.to_str().ok_or_else(|| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message: "path is not valid UTF-8".into(),
+        })?;
+        let lowercase = match casing {
+            Casing::Lower => true,
+            Casing::Cased => false,
+            Casing::Auto => detect_lowercase(path)?,
+        };
+        let model = WordPiece::from_file(vocab_file)
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| tokenizer_error(path, e))?;
+        let mut inner = Tokenizer::new(model);
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+            .with_pre_tokenizer(Some(BertPreTokenizer));
+        Self::finish(inner, path)
+    }
+
+    fn finish(mut inner: Tokenizer, path: &Path) -> Result<Self> {
+        inner
+            .with_truncation(None::<TruncationParams>)
+            .map_err(|e| tokenizer_error(path, e))?;
+        inner.with_padding(None);
+        let token = |name: &str| {
+            inner.token_to_id(name).ok_or_else(|| DataError::Tokenizer {
+                path: path.to_path_buf(),
+                message: format!("vocabulary has no {name} token; a BERT tokenizer is required"),
+            })
+        };
+        let special = SpecialTokens {
+            cls: token("[CLS]")?,
+            sep: token("[SEP]")?,
+            pad: token("[PAD]")?,
+        };
+        let definition = inner
+            .to_string(false)
+            .map_err(|e| tokenizer_error(path, e))?;
+        let fingerprint = Sha256::digest(definition.as_bytes()).into();
+        Ok(QaTokenizer {
+            inner,
+            special,
+            source: path.to_path_buf(),
+            fingerprint,
+        })
+    }
+
+    /// Tokenizes one text without special tokens.
+    pub fn encode(&self, text: &str) -> Result<TokenizedText> {
+        let encoding = self
+            .inner
+            .encode_char_offsets(text, false)
+            .map_err(|e| tokenizer_error(&self.source, e))?;
+        Ok(TokenizedText {
+            ids: encoding.get_ids().to_vec(),
+            offsets: encoding
+                .get_offsets()
+                .iter()
+                .map(|&(s, e)| (s as u32, e as u32))
+                .collect(),
+        })
+    }
+
+    pub fn special_tokens(&self) -> SpecialTokens {
+        self.special
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// SHA-256 of the tokenizer's full definition (after our overrides), for cache keys.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Writes the tokenizer as a `tokenizer.json` (used when saving a model directory).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| tokenizer_error(path, e))
+    }
+}
+
+fn tokenizer_error(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// `do_lower_case` from `tokenizer_config.json` next to the vocabulary, else a guess from the
+/// vocabulary itself: cased BERT vocabularies contain capitalised words.
+fn detect_lowercase(vocab: &Path) -> Result<bool> {
+    if let Some(dir) = vocab.parent() {
+        let config = dir.join("tokenizer_config.json");
+        if let Ok(text) = std::fs::read_to_string(&config) {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| DataError::Tokenizer {
+                    path: config.clone(),
+                    message: e.to_string(),
+                })?;
+            if let Some(lower) = value.get("do_lower_case").and_then(|v| v.as_bool()) {
+                return Ok(lower);
+            }
+        }
+    }
+    let text = std::fs::read_to_string(vocab).map_err(|e| DataError::io(vocab, e))?;
+    let capitalised = text
+        .lines()
+        .filter(|t| !t.starts_with('['))
+        .any(|t| t.chars().next().is_some_and(|c| c.is_uppercase()));
+    Ok(!capitalised)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A tiny uncased WordPiece vocabulary, enough for unit tests without downloaded files.
+    pub(crate) fn tiny_tokenizer(dir: &Path) -> QaTokenizer {
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat",
+            "where", "did", "?", ".", "a", "dog", "##s", "ran", "in", "park", "who", "what", "is",
+            "red", "blue", "sky", "caf", "##e",
+        ];
+        let vocab = dir.join("vocab.txt");
+        std::fs::write(&vocab, words.join("\n")).unwrap();
+        QaTokenizer::from_vocab(&vocab, Casing::Lower).unwrap()
+    }
+
+    #[test]
+    fn vocab_tokenizer_gives_char_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = tiny_tokenizer(dir.path());
+        let t = tok.encode("Café  Dogs sat.").unwrap();
+        let pieces: Vec<_> = t.ids.iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
+        assert_eq!(pieces, ["caf", "##e", "dog", "##s", "sat", "."]);
+        assert_eq!(
+            t.offsets,
+            [(0, 3), (3, 4), (6, 9), (9, 10), (11, 14), (14, 15)]
+        );
+        assert_eq!(tok.special_tokens().cls, 2);
+    }
+
+    #[test]
+    fn casing_is_detected_from_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let vocab = dir.path().join("vocab.txt");
+        std::fs::write(&vocab, "[PAD]\n[UNK]\n[CLS]\n[SEP]\nThe\nthe\n").unwrap();
+        assert!(!detect_lowercase(&vocab).unwrap());
+        std::fs::write(&vocab, "[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n").unwrap();
+        assert!(detect_lowercase(&vocab).unwrap());
+    }
+
+    #[test]
+    fn missing_tokenizer_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = QaTokenizer::from_path(dir.path(), Casing::Auto).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("neither tokenizer.json nor vocab.txt")
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! BERT (Devlin et al., 2019) with a span head, written against burn's `Backend` so the same code
+//! runs on the CPU and on CUDA, with or without autodiff.
+//!
+//! Field names follow the Hugging Face checkpoint layout (`embeddings.word_embeddings`,
+//! `encoder.layer.N.attention.self.query`, ...) so [`crate::hf`] maps tensors one to one.
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
+};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::config::{Activation, BertConfig};
+
+/// One batch of model inputs, padded to a common length.
+#[derive(Debug, Clone)]
+pub struct BertInput<B: Backend> {
+    /// `[batch, seq]` word-piece ids.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, seq]` 0 for `[CLS] question [SEP]`, 1 for the context part.
+    pub token_type_ids: Tensor<B, 2, Int>,
+    /// `[batch, seq]` true at padding positions.
+    pub padding_mask: Tensor<B, 2, Bool>,
+}
+
+/// Start and end logits, `[batch, seq]` each; padding positions hold [`MASKED_LOGIT`].
+#[derive(Debug, Clone)]
+pub struct SpanLogits<B: Backend> {
+    pub start: Tensor<B, 2>,
+    pub end: Tensor<B, 2>,
+}
+
+/// What padding positions get as span logits, so they never win and add nothing to a softmax.
+pub const MASKED_LOGIT: f32 = -1.0e4;
+
+#[derive(Module, Debug)]
+pub struct Embeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> Embeddings<B> {
+    fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let [_, seq] = input_ids.dims();
+        let positions = self
+            .position_embeddings
+            .weight
+            .val()
+            .slice([0..seq])
+            .unsqueeze::<3>();
+        let x = self.word_embeddings.forward(input_ids)
+            + positions
+            + self.token_type_embeddings.forward(token_type_ids);
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+/// Multi-head self-attention with its output projection and the residual LayerNorm (post-norm).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub query: Linear<B>,
+    pub key: Linear<B>,
+    pub value: Linear<B>,
+    pub output: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    attention_dropout: Dropout,
+    dropout: Dropout,
+    heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, padding: &Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = x.dims();
+        let head_dim = hidden / self.heads;
+        let split = |t: Tensor<B, 3>| {
+            t.reshape([batch, seq, self.heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x.clone()));
+        let mask = padding.clone().expand([batch, self.heads, seq, seq]);
+
+        let training = B::ad_enabled(&x.device()) && self.attention_dropout.prob > 0.0;
+        let context = if training {
+            // burn's fused attention has no dropout; BERT drops attention probabilities.
+            let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+            let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+            let probs = self.attention_dropout.forward(softmax(scores, 3));
+            probs.matmul(v)
+        } else {
+            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+        };
+        let context = context.swap_dims(1, 2).reshape([batch, seq, hidden]);
+        let out = self.dropout.forward(self.output.forward(context));
+        self.layer_norm.forward(out + x)
+    }
+}
+
+/// The position-wise feed-forward block with its residual LayerNorm.
+#[derive(Module, Debug)]
+pub struct FeedForward<B: Backend> {
+    pub intermediate: Linear<B>,
+    pub output: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl<B: Backend> FeedForward<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = self.intermediate.forward(x.clone());
+        let h = match self.activation {
+            Activation::Gelu => gelu(h),
+            Activation::GeluApproximate => gelu_approximate(h),
+            Activation::Relu => relu(h),
+        };
+        let out = self.dropout.forward(self.output.forward(h));
+        self.layer_norm.forward(out + x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    pub attention: Attention<B>,
+    pub feed_forward: FeedForward<B>,
+}
+
+/// The encoder: embeddings and N transformer layers.
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    pub embeddings: Embeddings<B>,
+    pub layers: Vec<Layer<B>>,
+}
+
+impl<B: Backend> BertModel<B> {
+    /// Last hidden states, `[batch, seq, hidden]`.
+    pub fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
+        let [batch, seq] = input.input_ids.dims();
+        let padding = input.padding_mask.clone().reshape([batch, 1, 1, seq]);
+        let mut x = self
+            .embeddings
+            .forward(input.input_ids.clone(), input.token_type_ids.clone());
+        for layer in &self.layers {
+            x = layer.attention.forward(x, &padding);
+            x = layer.feed_forward.forward(x);
+        }
+        x
+    }
+}
+
+/// BERT with a `Linear(hidden, 2)` span head, as `BertForQuestionAnswering`.
+#[derive(Module, Debug)]
+pub struct BertForQuestionAnswering<B: Backend> {
+    pub bert: BertModel<B>,
+    pub qa_outputs: Linear<B>,
+}
+
+impl<B: Backend> BertForQuestionAnswering<B> {
+    /// A randomly initialised model (N(0, initializer_range) weights as BERT's initialiser, zero
+    /// biases, unit LayerNorms).
+    pub fn init(config: &BertConfig, device: &B::Device) -> Self {
+        let mut model = Self::init_lazy(config, device);
+        crate::hf::materialize(&mut model);
+        model
+    }
+
+    /// Like [`Self::init`], but parameters are drawn only when first used, so loading a
+    /// checkpoint over them costs nothing. Clones of an undrawn parameter draw independently:
+    /// call [`crate::hf::materialize`] before cloning.
+    pub(crate) fn init_lazy(config: &BertConfig, device: &B::Device) -> Self {
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: config.initializer_range,
+        };
+        let h = config.hidden_size;
+        let linear = |d_in: usize, d_out: usize| {
+            let mut l = LinearConfig::new(d_in, d_out)
+                .with_initializer(normal.clone())
+                .init(device);
+            l.bias = l.bias.map(|b| b.map(|t| t.zeros_like()));
+            l
+        };
+        let layer_norm = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(config.layer_norm_eps)
+                .init(device)
+        };
+        let embedding = |n: usize| {
+            EmbeddingConfig::new(n, h)
+                .with_initializer(normal.clone())
+                .init(device)
+        };
+        let hidden_dropout = DropoutConfig::new(config.hidden_dropout_prob).init();
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| Layer {
+                attention: Attention {
+                    query: linear(h, h),
+                    key: linear(h, h),
+                    value: linear(h, h),
+                    output: linear(h, h),
+                    layer_norm: layer_norm(),
+                    attention_dropout: DropoutConfig::new(config.attention_probs_dropout_prob)
+                        .init(),
+                    dropout: hidden_dropout.clone(),
+                    heads: config.num_attention_heads,
+                },
+                feed_forward: FeedForward {
+                    intermediate: linear(h, config.intermediate_size),
+                    output: linear(config.intermediate_size, h),
+                    layer_norm: layer_norm(),
+                    dropout: hidden_dropout.clone(),
+                    activation: config.hidden_act,
+                },
+            })
+            .collect();
+        BertForQuestionAnswering {
+            bert: BertModel {
+                embeddings: Embeddings {
+                    word_embeddings: embedding(config.vocab_size),
+                    position_embeddings: embedding(config.max_position_embeddings),
+                    token_type_embeddings: embedding(config.type_vocab_size),
+                    layer_norm: layer_norm(),
+                    dropout: hidden_dropout.clone(),
+                },
+                layers,
+            },
+            qa_outputs: linear(h, 2),
+        }
+    }
+
+    /// Start and end logits with padding positions masked.
+    pub fn forward(&self, input: &BertInput<B>) -> SpanLogits<B> {
+        let hidden = self.bert.forward(input);
+        let [batch, seq, _] = hidden.dims();
+        let logits = self.qa_outputs.forward(hidden);
+        let pick = |i: usize| {
+            logits
+                .clone()
+                .slice([0..batch, 0..seq, i..i + 1])
+                .reshape([batch, seq])
+                .mask_fill(input.padding_mask.clone(), MASKED_LOGIT)
+        };
+        SpanLogits {
+            start: pick(0),
+            end: pick(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuBackend;
+    use burn::tensor::TensorData;
+
+    fn input(device: &burn::tensor::Device<CpuBackend>) -> BertInput<CpuBackend> {
+        let ids = TensorData::new(vec![2i32, 5, 6, 3, 7, 3, 2, 5, 3, 8, 3, 0], [2, 6]);
+        let types = TensorData::new(vec![0i32, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0], [2, 6]);
+        let pad = TensorData::new(
+            vec![
+                false, false, false, false, false, false, false, false, false, false, false, true,
+            ],
+            [2, 6],
+        );
+        BertInput {
+            input_ids: Tensor::from_data(ids, device),
+            token_type_ids: Tensor::from_data(types, device),
+            padding_mask: Tensor::from_data(pad, device),
+        }
+    }
+
+    #[test]
+    fn shapes_and_padding_mask() {
+        let device = Default::default();
+        let model = BertForQuestionAnswering::<CpuBackend>::init(&BertConfig::tiny(16), &device);
+        let out = model.forward(&input(&device));
+        assert_eq!(out.start.dims(), [2, 6]);
+        let start: Vec<f32> = out.start.into_data().to_vec().unwrap();
+        assert_eq!(start[11], MASKED_LOGIT);
+        assert!(
+            start[..11]
+                .iter()
+                .all(|v| v.is_finite() && *v != MASKED_LOGIT)
+        );
+    }
+
+    #[test]
+    fn padding_does_not_change_real_positions() {
+        // The second sequence padded by one more token must give the same logits.
+        let device = Default::default();
+        let model = BertForQuestionAnswering::<CpuBackend>::init(&BertConfig::tiny(16), &device);
+        let short = BertInput::<CpuBackend> {
+            input_ids: Tensor::from_data(TensorData::new(vec![2i32, 5, 3, 8, 3], [1, 5]), &device),
+            token_type_ids: Tensor::from_data(
+                TensorData::new(vec![0i32, 0, 0, 1, 1], [1, 5]),
+                &device,
+            ),
+            padding_mask: Tensor::from_data(TensorData::new(vec![false; 5], [1, 5]), &device),
+        };
+        let long = input(&device);
+        let a: Vec<f32> = model.forward(&short).start.into_data().to_vec().unwrap();
+        let b: Vec<f32> = model
+            .forward(&long)
+            .start
+            .slice([1..2, 0..5])
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+}

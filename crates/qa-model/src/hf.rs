@@ -1,0 +1,674 @@
+//! Hugging Face checkpoints in and out.
+//!
+//! Loading reads `config.json` and `model.safetensors` (or `pytorch_model.bin`), with or without
+//! the `bert.` prefix, with or without a `qa_outputs` head, in f32, f16 or bf16, and reports what
+//! it did not use. Saving writes a directory transformers loads as `BertForQuestionAnswering`:
+//! `config.json`, `model.safetensors` with HF tensor names, the tokenizer, and burn's own record.
+//!
+//! One table, [`visit_parameters`], maps each parameter of [`BertForQuestionAnswering`] to its HF
+//! name; loading and saving both walk it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, Linear};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+
+use crate::bert::BertForQuestionAnswering;
+use crate::config::BertConfig;
+use crate::error::ModelError;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+pub const PYTORCH_FILE: &str = "pytorch_model.bin";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// burn's binary record of the model, for fast reload by this project.
+pub const BURN_RECORD_FILE: &str = "model.burn.bin";
+
+const HEAD_PREFIX: &str = "qa_outputs.";
+const ENCODER_PREFIX: &str = "bert.";
+
+/// A parameter and how its HF tensor relates to it.
+pub(crate) enum Slot<'a, B: Backend> {
+    /// Biases and LayerNorm scales: same shape in both.
+    Vector(&'a mut Param<Tensor<B, 1>>),
+    /// Embedding tables: `[rows, hidden]` in both.
+    Table(&'a mut Param<Tensor<B, 2>>),
+    /// Linear weights: HF stores `[out, in]`, burn `[in, out]`.
+    LinearWeight(&'a mut Param<Tensor<B, 2>>),
+}
+
+/// Calls `f` with the HF name (with `bert.` prefix) of every parameter, in checkpoint order.
+pub(crate) fn visit_parameters<B: Backend>(
+    model: &mut BertForQuestionAnswering<B>,
+    f: &mut dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    fn linear<B: Backend>(
+        name: &str,
+        l: &mut Linear<B>,
+        f: &mut dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        f(&format!("{name}.weight"), Slot::LinearWeight(&mut l.weight))?;
+        if let Some(b) = l.bias.as_mut() {
+            f(&format!("{name}.bias"), Slot::Vector(b))?;
+        }
+        Ok(())
+    }
+    fn layer_norm<B: Backend>(
+        name: &str,
+        n: &mut LayerNorm<B>,
+        f: &mut dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        f(&format!("{name}.weight"), Slot::Vector(&mut n.gamma))?;
+        if let Some(b) = n.beta.as_mut() {
+            f(&format!("{name}.bias"), Slot::Vector(b))?;
+        }
+        Ok(())
+    }
+
+    let e = &mut model.bert.embeddings;
+    f(
+        "bert.embeddings.word_embeddings.weight",
+        Slot::Table(&mut e.word_embeddings.weight),
+    )?;
+    f(
+        "bert.embeddings.position_embeddings.weight",
+        Slot::Table(&mut e.position_embeddings.weight),
+    )?;
+    f(
+        "bert.embeddings.token_type_embeddings.weight",
+        Slot::Table(&mut e.token_type_embeddings.weight),
+    )?;
+    layer_norm("bert.embeddings.LayerNorm", &mut e.layer_norm, f)?;
+    for (i, layer) in model.bert.layers.iter_mut().enumerate() {
+        let p = format!("bert.encoder.layer.{i}");
+        let a = &mut layer.attention;
+        linear(&format!("{p}.attention.self.query"), &mut a.query, f)?;
+        linear(&format!("{p}.attention.self.key"), &mut a.key, f)?;
+        linear(&format!("{p}.attention.self.value"), &mut a.value, f)?;
+        linear(&format!("{p}.attention.output.dense"), &mut a.output, f)?;
+        layer_norm(
+            &format!("{p}.attention.output.LayerNorm"),
+            &mut a.layer_norm,
+            f,
+        )?;
+        let ff = &mut layer.feed_forward;
+        linear(&format!("{p}.intermediate.dense"), &mut ff.intermediate, f)?;
+        linear(&format!("{p}.output.dense"), &mut ff.output, f)?;
+        layer_norm(&format!("{p}.output.LayerNorm"), &mut ff.layer_norm, f)?;
+    }
+    linear("qa_outputs", &mut model.qa_outputs, f)
+}
+
+/// Draws every lazily initialised parameter, so clones share values.
+pub(crate) fn materialize<B: Backend>(model: &mut BertForQuestionAnswering<B>) {
+    visit_parameters(model, &mut |_, slot| {
+        match slot {
+            Slot::Vector(p) => drop(p.val()),
+            Slot::Table(p) | Slot::LinearWeight(p) => drop(p.val()),
+        }
+        Ok(())
+    })
+    .expect("materialising cannot fail");
+}
+
+/// What loading did, for the user to read.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub weights_file: PathBuf,
+    /// Stored element types, e.g. `["F16"]`.
+    pub dtypes: Vec<String>,
+    /// Whether tensor names carried the `bert.` prefix.
+    pub prefixed: bool,
+    pub loaded: usize,
+    /// True when the file had no `qa_outputs` head and a fresh one was initialised.
+    pub head_initialized: bool,
+    /// Tensors in the file this model does not use (pooler, MLM head, position_ids buffer, ...).
+    pub unused: Vec<String>,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loaded {} tensors ({}) from {}",
+            self.loaded,
+            self.dtypes.join(", "),
+            self.weights_file.display()
+        )?;
+        if self.head_initialized {
+            write!(
+                f,
+                "; no qa_outputs head in the checkpoint: initialised a new one"
+            )?;
+        }
+        if !self.unused.is_empty() {
+            write!(f, "; unused: {}", self.unused.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A model loaded from a Hugging Face directory.
+pub struct LoadedModel<B: Backend> {
+    pub model: BertForQuestionAnswering<B>,
+    pub config: BertConfig,
+    pub report: LoadReport,
+}
+
+/// A tensor read from a checkpoint, as f32 on the host.
+struct HostTensor {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+    dtype: String,
+}
+
+/// Loads `config.json` plus weights from `dir` onto `device`.
+pub fn load_pretrained<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<LoadedModel<B>, ModelError> {
+    let config = BertConfig::load(&dir.join(CONFIG_FILE))?;
+    let (weights_file, tensors) = read_checkpoint(dir)?;
+    let model = BertForQuestionAnswering::init_lazy(&config, device);
+    let (mut model, report) = apply_tensors(model, &weights_file, tensors, device)?;
+    materialize(&mut model);
+    Ok(LoadedModel {
+        model,
+        config,
+        report,
+    })
+}
+
+fn read_checkpoint(dir: &Path) -> Result<(PathBuf, HashMap<String, HostTensor>), ModelError> {
+    let safetensors = dir.join(SAFETENSORS_FILE);
+    let pytorch = dir.join(PYTORCH_FILE);
+    if safetensors.is_file() {
+        Ok((safetensors.clone(), read_safetensors(&safetensors)?))
+    } else if pytorch.is_file() {
+        Ok((pytorch.clone(), read_pytorch(&pytorch)?))
+    } else {
+        Err(ModelError::NoWeights {
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
+fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let weights_error = |message: String| ModelError::Weights {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| weights_error(e.to_string()))?;
+    let mut out = HashMap::new();
+    for (name, view) in file.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            // Integer buffers (position_ids) are not parameters; keep them only to report them.
+            _ => Vec::new(),
+        };
+        let dtype = format!("{:?}", view.dtype());
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                values,
+                dtype,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>, ModelError> {
+    let weights_error = |message: String| ModelError::Weights {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reader =
+        burn_store::pytorch::PytorchReader::new(path).map_err(|e| weights_error(e.to_string()))?;
+    let mut out = HashMap::new();
+    for (name, snapshot) in reader.into_tensors() {
+        let data = snapshot
+            .to_data()
+            .map_err(|e| weights_error(format!("{name}: {e:?}")))?;
+        let dtype = format!("{:?}", data.dtype);
+        let shape = data.shape.to_vec();
+        let values = if data.dtype.is_float() {
+            data.convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| weights_error(format!("{name}: {e:?}")))?
+        } else {
+            Vec::new()
+        };
+        out.insert(
+            name,
+            HostTensor {
+                shape,
+                values,
+                dtype,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Puts checkpoint tensors into `model`, checking every shape.
+fn apply_tensors<B: Backend>(
+    mut model: BertForQuestionAnswering<B>,
+    file: &Path,
+    mut tensors: HashMap<String, HostTensor>,
+    device: &B::Device,
+) -> Result<(BertForQuestionAnswering<B>, LoadReport), ModelError> {
+    let prefixed = tensors.keys().any(|k| k.starts_with(ENCODER_PREFIX));
+    let mut missing = Vec::new();
+    let mut dtypes = std::collections::BTreeSet::new();
+    let mut loaded = 0;
+    visit_parameters(&mut model, &mut |name, slot| {
+        let Some((key, tensor)) = take_tensor(&mut tensors, name, prefixed) else {
+            missing.push(name.to_string());
+            return Ok(());
+        };
+        let expected = match &slot {
+            Slot::Vector(p) => p.lazy_shape().to_vec(),
+            Slot::Table(p) => p.lazy_shape().to_vec(),
+            Slot::LinearWeight(p) => {
+                let s = p.lazy_shape().to_vec();
+                vec![s[1], s[0]]
+            }
+        };
+        if tensor.shape != expected || tensor.values.len() != expected.iter().product::<usize>() {
+            return Err(ModelError::ShapeMismatch {
+                path: file.to_path_buf(),
+                name: key,
+                expected,
+                found: tensor.shape,
+            });
+        }
+        dtypes.insert(tensor.dtype);
+        loaded += 1;
+        match slot {
+            Slot::Vector(p) => {
+                *p = Param::from_data(TensorData::new(tensor.values, tensor.shape), device)
+            }
+            Slot::Table(p) => {
+                *p = Param::from_data(TensorData::new(tensor.values, tensor.shape), device)
+            }
+            Slot::LinearWeight(p) => {
+                let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+                let data = TensorData::new(transpose(&tensor.values, rows, cols), [cols, rows]);
+                *p = Param::from_data(data, device);
+            }
+        }
+        Ok(())
+    })?;
+    let head_missing: Vec<_> = missing
+        .iter()
+        .filter(|n| n.starts_with(HEAD_PREFIX))
+        .collect();
+    let encoder_missing: Vec<String> = missing
+        .iter()
+        .filter(|n| !n.starts_with(HEAD_PREFIX))
+        .map(|n| {
+            if prefixed {
+                n.clone()
+            } else {
+                n[ENCODER_PREFIX.len()..].to_string()
+            }
+        })
+        .collect();
+    if !encoder_missing.is_empty() {
+        return Err(ModelError::MissingTensors {
+            path: file.to_path_buf(),
+            names: encoder_missing,
+        });
+    }
+    let mut unused: Vec<String> = tensors.into_keys().collect();
+    unused.sort();
+    Ok((
+        model,
+        LoadReport {
+            weights_file: file.to_path_buf(),
+            dtypes: dtypes.into_iter().collect(),
+            prefixed,
+            loaded,
+            head_initialized: !head_missing.is_empty(),
+            unused,
+        },
+    ))
+}
+
+/// Finds `name` in the checkpoint: without the `bert.` prefix when the file has none, and under
+/// the old TensorFlow-era LayerNorm names `gamma`/`beta`.
+fn take_tensor(
+    tensors: &mut HashMap<String, HostTensor>,
+    name: &str,
+    prefixed: bool,
+) -> Option<(String, HostTensor)> {
+    let base = if !prefixed && name.starts_with(ENCODER_PREFIX) {
+        &name[ENCODER_PREFIX.len()..]
+    } else {
+        name
+    };
+    let mut candidates = vec![base.to_string()];
+    if base.contains("LayerNorm.") {
+        candidates.push(
+            base.replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta"),
+        );
+    }
+    candidates
+        .into_iter()
+        .find_map(|k| tensors.remove(&k).map(|t| (k, t)))
+}
+
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Writes `model` as a Hugging Face `BertForQuestionAnswering` directory, every file atomically.
+/// `tokenizer_json` is copied in when given.
+pub fn save_pretrained<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    config: &BertConfig,
+    tokenizer_json: Option<&Path>,
+    dir: &Path,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut copy = model.clone();
+    visit_parameters(&mut copy, &mut |name, slot| {
+        let (shape, values) = match slot {
+            Slot::Vector(p) => host(p.val()),
+            Slot::Table(p) => host(p.val()),
+            Slot::LinearWeight(p) => {
+                let (shape, values) = host(p.val());
+                (
+                    vec![shape[1], shape[0]],
+                    transpose(&values, shape[0], shape[1]),
+                )
+            }
+        };
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.insert(name.to_string(), (shape, bytes));
+        Ok(())
+    })?;
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, (shape, bytes))| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .expect("shape matches byte length");
+            (name.clone(), view)
+        })
+        .collect();
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let safetensors_path = dir.join(SAFETENSORS_FILE);
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| ModelError::Weights {
+        path: safetensors_path.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&safetensors_path, &bytes)?;
+    write_atomic(
+        &dir.join(CONFIG_FILE),
+        config.to_question_answering_json().as_bytes(),
+    )?;
+    if let Some(tokenizer) = tokenizer_json {
+        let text = std::fs::read(tokenizer).map_err(|e| ModelError::io(tokenizer, e))?;
+        write_atomic(&dir.join(TOKENIZER_FILE), &text)?;
+    }
+    save_record(model, &dir.join(BURN_RECORD_FILE))
+}
+
+/// burn's binary record of `model`, written atomically.
+pub fn save_record<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    path: &Path,
+) -> Result<(), ModelError> {
+    let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
+        .record(model.clone().into_record(), ())
+        .map_err(|e| ModelError::Record {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads a model saved by [`save_pretrained`] from burn's record (faster than safetensors), with
+/// the config from the same directory.
+pub fn load_record<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(BertForQuestionAnswering<B>, BertConfig), ModelError> {
+    let config = BertConfig::load(&dir.join(CONFIG_FILE))?;
+    let path = dir.join(BURN_RECORD_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+    let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+        .load(bytes, device)
+        .map_err(|e| ModelError::Record {
+            path: path.clone(),
+            message: format!("not a model record for this config: {e}"),
+        })?;
+    let model = BertForQuestionAnswering::init_lazy(&config, device).load_record(record);
+    Ok((model, config))
+}
+
+/// Loads whatever `dir` holds: burn's record when present, else the Hugging Face weights.
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<LoadedModel<B>, ModelError> {
+    if dir.join(BURN_RECORD_FILE).is_file() {
+        let (model, config) = load_record(dir, device)?;
+        let report = LoadReport {
+            weights_file: dir.join(BURN_RECORD_FILE),
+            dtypes: vec!["F32".into()],
+            prefixed: true,
+            loaded: 0,
+            head_initialized: false,
+            unused: Vec::new(),
+        };
+        return Ok(LoadedModel {
+            model,
+            config,
+            report,
+        });
+    }
+    load_pretrained(dir, device)
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+    let data = t.into_data().convert::<f32>();
+    let shape = data.shape.to_vec();
+    (shape, data.into_vec::<f32>().expect("converted to f32"))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    qa_data::atomic::write(path, bytes).map_err(|e| match e {
+        qa_data::DataError::Io { path, source } => ModelError::Io { path, source },
+        other => ModelError::Record {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuBackend;
+    use crate::bert::BertInput;
+    use burn::tensor::{Bool, Int};
+
+    fn tiny_input(device: &burn::tensor::Device<CpuBackend>) -> BertInput<CpuBackend> {
+        BertInput {
+            input_ids: Tensor::<CpuBackend, 2, Int>::from_data(
+                TensorData::new(vec![2i32, 5, 3, 8, 9, 3], [1, 6]),
+                device,
+            ),
+            token_type_ids: Tensor::<CpuBackend, 2, Int>::from_data(
+                TensorData::new(vec![0i32, 0, 0, 1, 1, 1], [1, 6]),
+                device,
+            ),
+            padding_mask: Tensor::<CpuBackend, 2, Bool>::from_data(
+                TensorData::new(vec![false; 6], [1, 6]),
+                device,
+            ),
+        }
+    }
+
+    fn logits(model: &BertForQuestionAnswering<CpuBackend>) -> Vec<f32> {
+        let device = Default::default();
+        model
+            .forward(&tiny_input(&device))
+            .start
+            .into_data()
+            .to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_model_both_ways() {
+        let device = Default::default();
+        let config = BertConfig::tiny(16);
+        let model = BertForQuestionAnswering::<CpuBackend>::init(&config, &device);
+        let dir = tempfile::tempdir().unwrap();
+        save_pretrained(&model, &config, None, dir.path()).unwrap();
+
+        let from_hf = load_pretrained::<CpuBackend>(dir.path(), &device).unwrap();
+        assert!(!from_hf.report.head_initialized);
+        assert!(
+            from_hf.report.unused.is_empty(),
+            "{:?}",
+            from_hf.report.unused
+        );
+        assert!(from_hf.report.prefixed);
+        assert_eq!(logits(&from_hf.model), logits(&model));
+
+        let (from_record, _) = load_record::<CpuBackend>(dir.path(), &device).unwrap();
+        assert_eq!(logits(&from_record), logits(&model));
+
+        let config_json = std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap();
+        assert!(config_json.contains("BertForQuestionAnswering"));
+    }
+
+    /// Rewrites a saved checkpoint: tensor names through `rename`, values as f16.
+    fn rewrite(dir: &Path, rename: impl Fn(&str) -> Option<String>) {
+        let path = dir.join(SAFETENSORS_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let mut owned = Vec::new();
+        for (name, view) in file.tensors() {
+            let Some(new) = rename(&name) else { continue };
+            let halves: Vec<u8> = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+                })
+                .collect();
+            owned.push((new, view.shape().to_vec(), halves));
+        }
+        let views: Vec<_> = owned
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F16, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        std::fs::remove_file(dir.join(BURN_RECORD_FILE)).unwrap();
+    }
+
+    #[test]
+    fn base_encoder_without_prefix_or_head_in_f16() {
+        let device = Default::default();
+        let config = BertConfig::tiny(16);
+        let model = BertForQuestionAnswering::<CpuBackend>::init(&config, &device);
+        let dir = tempfile::tempdir().unwrap();
+        save_pretrained(&model, &config, None, dir.path()).unwrap();
+        rewrite(dir.path(), |n| {
+            if n.starts_with("qa_outputs") {
+                None
+            } else {
+                Some(
+                    n.trim_start_matches("bert.")
+                        .replace("LayerNorm.weight", "LayerNorm.gamma"),
+                )
+            }
+        });
+        let loaded = load_model::<CpuBackend>(dir.path(), &device).unwrap();
+        assert!(loaded.report.head_initialized);
+        assert!(!loaded.report.prefixed);
+        assert_eq!(loaded.report.dtypes, ["F16"]);
+        assert!(loaded.report.to_string().contains("initialised a new one"));
+    }
+
+    #[test]
+    fn missing_encoder_tensor_and_bad_shape_are_named() {
+        let device = Default::default();
+        let config = BertConfig::tiny(16);
+        let model = BertForQuestionAnswering::<CpuBackend>::init(&config, &device);
+        let dir = tempfile::tempdir().unwrap();
+        save_pretrained(&model, &config, None, dir.path()).unwrap();
+        rewrite(dir.path(), |n| {
+            (n != "bert.encoder.layer.1.output.dense.bias").then(|| n.to_string())
+        });
+        let err = load_model::<CpuBackend>(dir.path(), &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("bert.encoder.layer.1.output.dense.bias"),
+            "{err}"
+        );
+
+        let mut other = config.clone();
+        other.vocab_size = 17;
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            other.to_question_answering_json(),
+        )
+        .unwrap();
+        save_pretrained(&model, &config, None, dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(BURN_RECORD_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            other.to_question_answering_json(),
+        )
+        .unwrap();
+        let err = load_model::<CpuBackend>(dir.path(), &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("word_embeddings.weight has shape [16, 32]"),
+            "{err}"
+        );
+    }
+}
