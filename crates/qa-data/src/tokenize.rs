@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
@@ -45,6 +48,10 @@ pub struct QaTokenizer {
     special: SpecialTokens,
     source: PathBuf,
     fingerprint: [u8; 32],
+    /// True for BERT pipelines (BERT normaliser, BERT pre-tokeniser, WordPiece), where no token
+    /// crosses a space and a word's tokens do not depend on its neighbours: then each distinct
+    /// space-separated chunk of a batch is tokenized once (see [`QaTokenizer::encode_batch`]).
+    space_local: bool,
 }
 
 impl std::fmt::Debug for QaTokenizer {
@@ -132,12 +139,62 @@ impl QaTokenizer {
             .to_string(false)
             .map_err(|e| tokenizer_error(path, e))?;
         let fingerprint = Sha256::digest(definition.as_bytes()).into();
+        let space_local = is_space_local(&definition);
         Ok(QaTokenizer {
             inner,
             special,
             source: path.to_path_buf(),
             fingerprint,
+            space_local,
         })
+    }
+
+    /// Tokenizes many texts in parallel, in order. Equal to calling [`Self::encode`] on each.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<TokenizedText>> {
+        if !self.space_local {
+            return texts.par_iter().map(|t| self.encode(t)).collect();
+        }
+        // Distinct chunks between ASCII spaces, in first-seen order.
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        let mut chunks: Vec<&str> = Vec::new();
+        for text in texts {
+            for chunk in text.split(' ').filter(|c| !c.is_empty()) {
+                index.entry(chunk).or_insert_with(|| {
+                    chunks.push(chunk);
+                    (chunks.len() - 1) as u32
+                });
+            }
+        }
+        let pieces = chunks
+            .par_iter()
+            .map(|c| self.encode(c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(texts
+            .par_iter()
+            .map(|text| {
+                let mut out = TokenizedText::default();
+                let mut position = 0u32;
+                for chunk in text.split(' ') {
+                    if !chunk.is_empty() {
+                        let piece = &pieces[index[chunk] as usize];
+                        out.ids.extend_from_slice(&piece.ids);
+                        out.offsets.extend(
+                            piece
+                                .offsets
+                                .iter()
+                                .map(|&(s, e)| (s + position, e + position)),
+                        );
+                    }
+                    let chars = if chunk.is_ascii() {
+                        chunk.len()
+                    } else {
+                        chunk.chars().count()
+                    };
+                    position += chars as u32 + 1;
+                }
+                out
+            })
+            .collect())
     }
 
     /// Tokenizes one text without special tokens.
@@ -183,6 +240,38 @@ impl QaTokenizer {
             .save(path, false)
             .map_err(|e| tokenizer_error(path, e))
     }
+}
+
+/// Whether a serialised tokenizer is a plain BERT pipeline, where tokenizing space-separated
+/// chunks separately gives exactly the same tokens and offsets as tokenizing the whole text.
+fn is_space_local(definition: &str) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(definition) else {
+        return false;
+    };
+    let kind = |key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.get("type"))
+            .and_then(|t| t.as_str())
+    };
+    let added_tokens_without_spaces = value
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .is_some_and(|tokens| {
+            tokens.iter().all(|t| {
+                t.get("content")
+                    .and_then(|c| c.as_str())
+                    .is_some_and(|c| !c.contains(' '))
+            })
+        });
+    let normalizer_ok = match value.get("normalizer") {
+        None | Some(serde_json::Value::Null) => true,
+        Some(_) => kind("normalizer") == Some("BertNormalizer"),
+    };
+    normalizer_ok
+        && kind("pre_tokenizer") == Some("BertPreTokenizer")
+        && kind("model") == Some("WordPiece")
+        && added_tokens_without_spaces
 }
 
 fn tokenizer_error(path: &Path, e: impl std::fmt::Display) -> DataError {
@@ -244,6 +333,25 @@ pub(crate) mod tests {
             [(0, 3), (3, 4), (6, 9), (9, 10), (11, 14), (14, 15)]
         );
         assert_eq!(tok.special_tokens().cls, 2);
+    }
+
+    #[test]
+    fn batch_encoding_equals_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = tiny_tokenizer(dir.path());
+        assert!(tok.space_local);
+        let texts = [
+            "  the cat  sat. ",
+            "Café\tdogs\nran in the park",
+            "",
+            " ",
+            "the cat the cat",
+            "wh\u{e9}re is the red sky?",
+        ];
+        let batch = tok.encode_batch(&texts).unwrap();
+        for (text, got) in texts.iter().zip(&batch) {
+            assert_eq!(got, &tok.encode(text).unwrap(), "{text:?}");
+        }
     }
 
     #[test]

@@ -119,19 +119,21 @@ impl FeatureSet {
     /// Tokenizes and windows a whole dataset in parallel; the order is that of the examples.
     pub fn build(dataset: &Dataset, tokenizer: &QaTokenizer, config: WindowConfig) -> Result<Self> {
         config.validate()?;
-        let contexts = dataset
+        // One batch for contexts and questions: they share most of their words.
+        // run_qa.py strips leading whitespace from questions; the BERT normaliser would too.
+        let texts: Vec<&str> = dataset
             .contexts
-            .par_iter()
-            .map(|c| tokenizer.encode(c))
-            .collect::<Result<Vec<_>>>()?;
-        let questions = dataset
-            .examples
-            .par_iter()
-            .map(|e| {
-                // run_qa.py strips leading whitespace; the BERT normaliser would drop it anyway.
-                tokenizer.encode(e.question.trim_start()).map(|t| t.ids)
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .iter()
+            .map(String::as_str)
+            .chain(dataset.examples.iter().map(|e| e.question.trim_start()))
+            .collect();
+        let mut encoded = tokenizer.encode_batch(&texts)?;
+        let questions: Vec<Vec<u32>> = encoded
+            .split_off(dataset.contexts.len())
+            .into_iter()
+            .map(|t| t.ids)
+            .collect();
+        let contexts = encoded;
         let per_example: Vec<(Vec<Feature>, ExampleStats)> = dataset
             .examples
             .par_iter()
