@@ -105,6 +105,41 @@ pub(crate) fn visit_parameters<B: Backend>(
     linear("qa_outputs", &mut model.qa_outputs, f)
 }
 
+/// One parameter: its Hugging Face name, its id in the module, and its rank.
+#[derive(Debug, Clone)]
+pub struct ParamInfo {
+    pub name: String,
+    pub id: burn::module::ParamId,
+    pub rank: usize,
+}
+
+impl ParamInfo {
+    /// Biases and LayerNorm parameters are not weight-decayed (the BERT recipe).
+    pub fn decays(&self) -> bool {
+        !(self.name.ends_with(".bias") || self.name.contains("LayerNorm"))
+    }
+}
+
+/// Every parameter of `model`, in checkpoint order.
+pub fn parameters<B: Backend>(model: &BertForQuestionAnswering<B>) -> Vec<ParamInfo> {
+    let mut out = Vec::new();
+    let mut copy = model.clone();
+    visit_parameters(&mut copy, &mut |name, slot| {
+        let (id, rank) = match slot {
+            Slot::Vector(p) => (p.id, 1),
+            Slot::Table(p) | Slot::LinearWeight(p) => (p.id, 2),
+        };
+        out.push(ParamInfo {
+            name: name.to_string(),
+            id,
+            rank,
+        });
+        Ok(())
+    })
+    .expect("listing cannot fail");
+    out
+}
+
 /// Draws every lazily initialised parameter, so clones share values.
 pub(crate) fn materialize<B: Backend>(model: &mut BertForQuestionAnswering<B>) {
     visit_parameters(model, &mut |_, slot| {

@@ -15,7 +15,9 @@ pub mod hf;
 pub use bert::{BertForQuestionAnswering, BertInput, BertModel, MASKED_LOGIT, SpanLogits};
 pub use config::{Activation, BertConfig};
 pub use error::ModelError;
-pub use hf::{LoadReport, LoadedModel, load_model, load_pretrained, save_pretrained};
+pub use hf::{
+    LoadReport, LoadedModel, ParamInfo, load_model, load_pretrained, parameters, save_pretrained,
+};
 
 /// The CPU backend, chosen by measurement (see docs/benchmarks.md).
 #[cfg(feature = "flex")]

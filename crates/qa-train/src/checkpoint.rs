@@ -1,0 +1,204 @@
+//! Resumable checkpoints that survive a crash.
+//!
+//! A checkpoint is a directory `checkpoints/step-N` holding the model and optimizer records and a
+//! `state.json` with the loop position, early-stopping state, metric history and a SHA-256 of
+//! every record. It is written under a temporary name and renamed into place, and only then does
+//! `checkpoints/latest` (itself replaced atomically) point at it: at every moment `latest` names a
+//! complete checkpoint. Loading verifies every checksum, so a damaged file is reported, not used.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::log::{EvalRecord, LossRecord};
+
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+const LATEST: &str = "latest";
+const STATE: &str = "state.json";
+
+/// Early stopping and best-model tracking.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    pub best: Option<f64>,
+    pub best_step: Option<usize>,
+    /// Consecutive evaluations without improvement.
+    pub counter: usize,
+}
+
+/// Where the loop is and what it has seen: everything besides the records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    pub global_step: usize,
+    pub epoch: usize,
+    /// Micro-batches of `epoch` already consumed.
+    pub micro_in_epoch: usize,
+    /// Micro-batches consumed over the whole run (seeds dropout).
+    pub micro_total: usize,
+    pub early_stopping: EarlyStopping,
+    pub evaluations: Vec<EvalRecord>,
+    pub losses: Vec<LossRecord>,
+    /// The training configuration as JSON, to refuse resuming with different settings.
+    pub config: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    state: LoopState,
+    /// File name -> SHA-256 (hex) of each record.
+    records: Vec<(String, String)>,
+}
+
+/// Writes a checkpoint of `records` (file name, bytes) and `state`, then prunes older ones.
+pub fn save(
+    output_dir: &Path,
+    state: &LoopState,
+    records: &[(&str, Vec<u8>)],
+) -> anyhow::Result<PathBuf> {
+    let root = output_dir.join(CHECKPOINTS_DIR);
+    let name = format!("step-{:09}", state.global_step);
+    let tmp = root.join(format!(".{name}.tmp"));
+    let dir = root.join(&name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut sums = Vec::new();
+    for (file, bytes) in records {
+        qa_data::atomic::write(&tmp.join(file), bytes)?;
+        sums.push((file.to_string(), hex(&Sha256::digest(bytes))));
+    }
+    let state_file = StateFile {
+        state: state.clone(),
+        records: sums,
+    };
+    qa_data::atomic::write(&tmp.join(STATE), &serde_json::to_vec_pretty(&state_file)?)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    qa_data::atomic::write(&root.join(LATEST), name.as_bytes())?;
+    // Older checkpoints are only removed once `latest` points at the new one.
+    for entry in std::fs::read_dir(&root)? {
+        let path = entry?.path();
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if path.is_dir() && file.starts_with("step-") && file != name {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// A verified checkpoint: its state and record bytes by file name.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub state: LoopState,
+    pub records: Vec<(String, Vec<u8>)>,
+}
+
+impl Loaded {
+    pub fn record(&self, name: &str) -> anyhow::Result<&[u8]> {
+        self.records
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
+            .with_context(|| format!("checkpoint {} has no {name}", self.dir.display()))
+    }
+}
+
+/// The checkpoint `latest` points at, with every checksum verified.
+pub fn load_latest(output_dir: &Path) -> anyhow::Result<Loaded> {
+    let root = output_dir.join(CHECKPOINTS_DIR);
+    let latest = root.join(LATEST);
+    let name = std::fs::read_to_string(&latest).with_context(|| {
+        format!(
+            "no checkpoint to resume from: {} does not exist",
+            latest.display()
+        )
+    })?;
+    let dir = root.join(name.trim());
+    let state_path = dir.join(STATE);
+    let text =
+        std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let state_file: StateFile = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "checkpoint is corrupt: {} is not a valid state file",
+            state_path.display()
+        )
+    })?;
+    let mut records = Vec::new();
+    for (file, sum) in state_file.records {
+        let path = dir.join(&file);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if hex(&Sha256::digest(&bytes)) != sum {
+            bail!(
+                "checkpoint is corrupt: {} does not match the checksum recorded when it was written",
+                path.display()
+            );
+        }
+        records.push((file, bytes));
+    }
+    Ok(Loaded {
+        dir,
+        state: state_file.state,
+        records,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: usize) -> LoopState {
+        LoopState {
+            global_step: step,
+            epoch: 0,
+            micro_in_epoch: step,
+            micro_total: step,
+            early_stopping: EarlyStopping::default(),
+            evaluations: Vec::new(),
+            losses: Vec::new(),
+            config: serde_json::json!({"a": 1}),
+        }
+    }
+
+    #[test]
+    fn latest_wins_old_ones_are_pruned_and_damage_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &state(1), &[("model.bin", vec![1, 2, 3])]).unwrap();
+        let second = save(dir.path(), &state(2), &[("model.bin", vec![4, 5, 6])]).unwrap();
+        let loaded = load_latest(dir.path()).unwrap();
+        assert_eq!(loaded.state.global_step, 2);
+        assert_eq!(loaded.record("model.bin").unwrap(), [4, 5, 6]);
+        let dirs: Vec<_> = std::fs::read_dir(dir.path().join(CHECKPOINTS_DIR))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert_eq!(dirs.len(), 1);
+
+        std::fs::write(second.join("model.bin"), [4, 5, 7]).unwrap();
+        let err = load_latest(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("model.bin"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_checkpoint_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_latest(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("no checkpoint to resume from"), "{err}");
+    }
+}

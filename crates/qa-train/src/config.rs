@@ -1,0 +1,435 @@
+//! The training configuration: a TOML file whose keys are the Simple Transformers argument names
+//! people already know. Unknown keys are errors that name the key; combinations that cannot work
+//! are errors that say what to change.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use qa_data::{DecodeConfig, MisalignedPolicy, WindowConfig};
+
+/// Where to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when a GPU is present, else the CPU.
+    #[default]
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+/// What early stopping and "best model" watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyStoppingMetric {
+    Exact,
+    F1,
+    EvalLoss,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A Hugging Face model directory (config.json, weights, tokenizer), or a name that
+    /// `cargo xtask download --model NAME` fetched into the model cache (e.g. "minilm",
+    /// "bert-base-cased").
+    pub model: String,
+    /// Training data: official SQuAD v1.1/v2.0 JSON or the flat list format.
+    pub train_data: PathBuf,
+    /// Evaluation data (needed for evaluate_during_training and early stopping).
+    #[serde(default)]
+    pub eval_data: Option<PathBuf>,
+
+    /// Tokens per feature, special tokens included.
+    #[serde(default = "d::max_seq_length")]
+    pub max_seq_length: usize,
+    /// Tokens shared by consecutive windows of a long context (run_qa.py's meaning).
+    #[serde(default = "d::doc_stride")]
+    pub doc_stride: usize,
+    /// Question tokens beyond this are cut.
+    #[serde(default = "d::max_query_length")]
+    pub max_query_length: usize,
+    /// Pad every batch to max_seq_length (fixed shapes, as run_qa.py) instead of to its longest
+    /// feature (faster on the CPU).
+    #[serde(default)]
+    pub pad_to_max_length: bool,
+
+    #[serde(default = "d::num_train_epochs")]
+    pub num_train_epochs: usize,
+    /// Stop after this many optimizer steps (0 = no limit); for smoke runs.
+    #[serde(default)]
+    pub max_steps: usize,
+    #[serde(default = "d::train_batch_size")]
+    pub train_batch_size: usize,
+    #[serde(default = "d::eval_batch_size")]
+    pub eval_batch_size: usize,
+    #[serde(default = "d::learning_rate")]
+    pub learning_rate: f64,
+    /// AdamW weight decay, not applied to biases and LayerNorm parameters.
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "d::adam_epsilon")]
+    pub adam_epsilon: f64,
+    /// Fraction of all optimizer steps spent warming the learning rate up from 0.
+    #[serde(default = "d::warmup_ratio")]
+    pub warmup_ratio: f64,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    #[serde(default = "d::max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "d::one")]
+    pub gradient_accumulation_steps: usize,
+
+    #[serde(default = "d::yes")]
+    pub evaluate_during_training: bool,
+    /// Evaluate every this many optimizer steps (and at each epoch end); 0 = epoch ends only.
+    #[serde(default = "d::evaluate_during_training_steps")]
+    pub evaluate_during_training_steps: usize,
+    #[serde(default)]
+    pub use_early_stopping: bool,
+    #[serde(default = "d::early_stopping_metric")]
+    pub early_stopping_metric: EarlyStoppingMetric,
+    #[serde(default = "d::yes")]
+    pub early_stopping_metric_minimize: bool,
+    /// Evaluations without improvement tolerated before stopping.
+    #[serde(default = "d::early_stopping_patience")]
+    pub early_stopping_patience: usize,
+    /// Smallest change that counts as an improvement.
+    #[serde(default)]
+    pub early_stopping_delta: f64,
+
+    #[serde(default = "d::output_dir")]
+    pub output_dir: PathBuf,
+    /// Where the best model (by early_stopping_metric) is written, in Hugging Face layout;
+    /// default: `<output_dir>/best_model`.
+    #[serde(default)]
+    pub best_model_dir: Option<PathBuf>,
+    /// Allow training into an output_dir that already has content.
+    #[serde(default)]
+    pub overwrite_output_dir: bool,
+    #[serde(default = "d::yes")]
+    pub save_model_every_epoch: bool,
+    /// Write a model directory at every evaluation.
+    #[serde(default = "d::yes")]
+    pub save_eval_checkpoints: bool,
+    /// Write a resumable checkpoint every this many optimizer steps (0 = only at evaluations and
+    /// epoch ends).
+    #[serde(default = "d::save_steps")]
+    pub save_steps: usize,
+    /// Print a progress line every this many optimizer steps when not on a terminal.
+    #[serde(default = "d::logging_steps")]
+    pub logging_steps: usize,
+
+    #[serde(default = "d::n_best_size")]
+    pub n_best_size: usize,
+    #[serde(default = "d::max_answer_length")]
+    pub max_answer_length: usize,
+    /// SQuAD v2.0: predict no answer when null score - best span score exceeds this.
+    #[serde(default)]
+    pub null_score_diff_threshold: f32,
+
+    #[serde(default = "d::manual_seed")]
+    pub manual_seed: u64,
+    /// Rebuild features even when the cache has them.
+    #[serde(default)]
+    pub reprocess_input_data: bool,
+    /// Reuse cached evaluation features (when false they are rebuilt once per run).
+    #[serde(default = "d::yes")]
+    pub use_cached_eval_features: bool,
+    /// Feature cache; default `<output_dir>/cache`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// What a misaligned answer gets: realign, skip or error.
+    #[serde(default)]
+    pub misaligned_answers: MisalignedPolicy,
+    /// Use only the first N training / evaluation examples (0 = all); for quick runs.
+    #[serde(default)]
+    pub max_train_examples: usize,
+    #[serde(default)]
+    pub max_eval_examples: usize,
+
+    #[serde(default)]
+    pub device: DeviceChoice,
+}
+
+mod d {
+    use super::EarlyStoppingMetric;
+    pub fn max_seq_length() -> usize {
+        384
+    }
+    pub fn doc_stride() -> usize {
+        128
+    }
+    pub fn max_query_length() -> usize {
+        64
+    }
+    pub fn num_train_epochs() -> usize {
+        1
+    }
+    pub fn train_batch_size() -> usize {
+        8
+    }
+    pub fn eval_batch_size() -> usize {
+        8
+    }
+    pub fn learning_rate() -> f64 {
+        4e-5
+    }
+    pub fn adam_epsilon() -> f64 {
+        1e-8
+    }
+    pub fn warmup_ratio() -> f64 {
+        0.06
+    }
+    pub fn max_grad_norm() -> f64 {
+        1.0
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn evaluate_during_training_steps() -> usize {
+        2000
+    }
+    pub fn early_stopping_metric() -> EarlyStoppingMetric {
+        EarlyStoppingMetric::EvalLoss
+    }
+    pub fn early_stopping_patience() -> usize {
+        3
+    }
+    pub fn output_dir() -> std::path::PathBuf {
+        "outputs".into()
+    }
+    pub fn save_steps() -> usize {
+        2000
+    }
+    pub fn logging_steps() -> usize {
+        50
+    }
+    pub fn n_best_size() -> usize {
+        20
+    }
+    pub fn max_answer_length() -> usize {
+        100
+    }
+    pub fn manual_seed() -> u64 {
+        42
+    }
+}
+
+/// A config problem, naming the key when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl TrainConfig {
+    /// Reads a TOML file, applies `key=value` overrides, resolves relative paths against the
+    /// current directory and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        for o in overrides {
+            let (key, value) = o
+                .split_once('=')
+                .ok_or_else(|| err(format!("override '{o}' is not key=value")))?;
+            // Values parse as TOML (numbers, booleans, quoted strings); anything else is a string.
+            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            table.insert(key.trim().to_string(), value);
+        }
+        let config: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| err(e.message().to_string()))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    /// Checks combinations; the message says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        self.window().validate().map_err(|e| e.to_string())?;
+        let positive = [
+            ("train_batch_size", self.train_batch_size),
+            ("eval_batch_size", self.eval_batch_size),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+            ("num_train_epochs", self.num_train_epochs),
+            ("n_best_size", self.n_best_size),
+            ("max_answer_length", self.max_answer_length),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(format!(
+                "warmup_ratio {} must be in [0, 1)",
+                self.warmup_ratio
+            ));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(format!(
+                "learning_rate {} must be positive",
+                self.learning_rate
+            ));
+        }
+        if self.eval_data.is_none() {
+            if self.evaluate_during_training {
+                return Err(
+                    "evaluate_during_training needs eval_data; set eval_data = \"FILE\" \
+                            or evaluate_during_training = false"
+                        .into(),
+                );
+            }
+            if self.use_early_stopping {
+                return Err(
+                    "use_early_stopping needs eval_data to measure progress; set \
+                            eval_data = \"FILE\" or use_early_stopping = false"
+                        .into(),
+                );
+            }
+        }
+        if self.use_early_stopping && !self.evaluate_during_training {
+            return Err(
+                "use_early_stopping works on evaluations during training; set \
+                        evaluate_during_training = true"
+                    .into(),
+            );
+        }
+        let minimize = self.early_stopping_metric == EarlyStoppingMetric::EvalLoss;
+        if self.use_early_stopping && minimize != self.early_stopping_metric_minimize {
+            return Err(format!(
+                "early_stopping_metric {:?} should be {} (set early_stopping_metric_minimize = {minimize})",
+                self.early_stopping_metric,
+                if minimize { "minimized" } else { "maximized" }
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn window(&self) -> WindowConfig {
+        WindowConfig {
+            max_seq_length: self.max_seq_length,
+            doc_stride: self.doc_stride,
+            max_query_length: self.max_query_length,
+        }
+    }
+
+    pub fn decode(&self, version_2_with_negative: bool) -> DecodeConfig {
+        DecodeConfig {
+            n_best_size: self.n_best_size,
+            max_answer_length: self.max_answer_length,
+            null_score_diff_threshold: self.null_score_diff_threshold,
+            version_2_with_negative,
+        }
+    }
+
+    pub fn best_model_dir(&self) -> PathBuf {
+        self.best_model_dir
+            .clone()
+            .unwrap_or_else(|| self.output_dir.join("best_model"))
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.output_dir.join("cache"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    const MINIMAL: &str =
+        "model = \"m\"\ntrain_data = \"t.json\"\nevaluate_during_training = false\n";
+
+    #[test]
+    fn seed_config_loads_and_matches_the_original() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/seed.toml");
+        let c = TrainConfig::load(&path, &[]).unwrap();
+        assert_eq!(c.model, "bert-base-cased");
+        assert_eq!(c.max_seq_length, 128);
+        assert_eq!(c.num_train_epochs, 50);
+        assert_eq!(c.evaluate_during_training_steps, 1000);
+        assert_eq!(c.n_best_size, 3);
+        assert!(c.use_early_stopping);
+        assert_eq!((c.train_batch_size, c.eval_batch_size), (128, 64));
+        assert_eq!(c.manual_seed, 4);
+    }
+
+    #[test]
+    fn every_shipped_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let (_d, path) = write(&format!("{MINIMAL}learning_rat = 1e-5\n"));
+        let err = TrainConfig::load(&path, &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown field `learning_rat`"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_typed() {
+        let (_d, path) = write(MINIMAL);
+        let c = TrainConfig::load(
+            &path,
+            &[
+                "learning_rate=1e-5".into(),
+                "output_dir=out/x".into(),
+                "pad_to_max_length=true".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.learning_rate, 1e-5);
+        assert_eq!(c.output_dir, PathBuf::from("out/x"));
+        assert!(c.pad_to_max_length);
+        let err = TrainConfig::load(&path, &["num_train_epochs=two".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("num_train_epochs")
+                || err.to_string().contains("invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn impossible_combinations_say_what_to_change() {
+        let (_d, path) = write("model = \"m\"\ntrain_data = \"t.json\"\n");
+        let err = TrainConfig::load(&path, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("evaluate_during_training needs eval_data"),
+            "{err}"
+        );
+        let (_d, path) = write(&format!("{MINIMAL}max_seq_length = 128\n"));
+        let err = TrainConfig::load(&path, &[]).unwrap_err().to_string();
+        assert!(err.contains("set doc_stride to at most 60"), "{err}");
+    }
+}
