@@ -217,10 +217,13 @@ impl ValidationReport {
 impl fmt::Display for ValidationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} ({})", self.file.display(), self.format)?;
+        if self.articles > 0 {
+            write!(f, "  {} articles,", self.articles)?;
+        }
         writeln!(
             f,
-            "  {} articles, {} paragraphs, {} questions ({} answerable, {} impossible)",
-            self.articles, self.paragraphs, self.questions, self.answerable, self.impossible
+            "  {} paragraphs, {} questions ({} answerable, {} impossible)",
+            self.paragraphs, self.questions, self.answerable, self.impossible
         )?;
         if self.issues.is_empty() {
             writeln!(f, "  no problems found")?;

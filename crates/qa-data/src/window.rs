@@ -40,6 +40,20 @@ impl Default for WindowConfig {
 }
 
 impl WindowConfig {
+    /// run_qa.py's defaults scaled down to fit a model that accepts at most `max_positions`
+    /// tokens: a quarter of the length for the question at most, half the rest as overlap.
+    pub fn fitting(max_positions: usize) -> Self {
+        let d = WindowConfig::default();
+        let max_seq_length = d.max_seq_length.min(max_positions);
+        let max_query_length = d.max_query_length.min(max_seq_length / 4);
+        let room = max_seq_length.saturating_sub(max_query_length + SPECIAL_TOKENS_PER_FEATURE);
+        WindowConfig {
+            max_seq_length,
+            doc_stride: d.doc_stride.min(room / 2),
+            max_query_length,
+        }
+    }
+
     /// Rejects parameters that could leave a window no room to advance.
     pub fn validate(&self) -> Result<()> {
         let fixed = self.max_query_length + SPECIAL_TOKENS_PER_FEATURE;
@@ -408,6 +422,16 @@ mod tests {
         let fs = FeatureSet::build(&ds, &tok, config).unwrap();
         assert_eq!(fs.features.len(), 2);
         assert_eq!(fs.stats.answers_outside_every_window, 1);
+    }
+
+    #[test]
+    fn fitting_windows_are_valid_and_default_for_bert() {
+        assert_eq!(WindowConfig::fitting(512), WindowConfig::default());
+        for n in [16, 64, 128, 200] {
+            let w = WindowConfig::fitting(n);
+            assert!(w.max_seq_length <= n);
+            w.validate().unwrap();
+        }
     }
 
     #[test]

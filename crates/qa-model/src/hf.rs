@@ -543,7 +543,7 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     qa_data::atomic::write(path, bytes).map_err(|e| match e {
-        qa_data::DataError::Io { path, source } => ModelError::Io { path, source },
+        qa_data::DataError::Io { path, error } => ModelError::Io { path, error },
         other => ModelError::Record {
             path: path.to_path_buf(),
             message: other.to_string(),

@@ -19,6 +19,18 @@ pub enum DeviceChoice {
     Cpu,
 }
 
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            other => Err(format!("unknown device '{other}': use auto, cuda or cpu")),
+        }
+    }
+}
+
 /// What early stopping and "best model" watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

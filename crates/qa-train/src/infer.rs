@@ -142,12 +142,7 @@ impl<B: Backend> Predictor<B> {
     pub fn load(dir: &Path, device: B::Device) -> anyhow::Result<Self> {
         let loaded = qa_model::load_model::<B>(dir, &device)?;
         let tokenizer = QaTokenizer::from_path(dir, Casing::Auto)?;
-        let window = WindowConfig {
-            max_seq_length: WindowConfig::default()
-                .max_seq_length
-                .min(loaded.config.max_position_embeddings),
-            ..WindowConfig::default()
-        };
+        let window = WindowConfig::fitting(loaded.config.max_position_embeddings);
         Ok(Predictor {
             model: loaded.model,
             tokenizer,
@@ -164,6 +159,16 @@ impl<B: Backend> Predictor<B> {
         context: &str,
         questions: &[String],
     ) -> anyhow::Result<Vec<ExamplePrediction>> {
+        self.answer_with(context, questions, &self.decode)
+    }
+
+    /// Like [`Self::answer`] with other decoding settings (e.g. a request's n-best size).
+    pub fn answer_with(
+        &self,
+        context: &str,
+        questions: &[String],
+        decode: &DecodeConfig,
+    ) -> anyhow::Result<Vec<ExamplePrediction>> {
         let dataset = adhoc_dataset(context, questions);
         let features = FeatureSet::build(&dataset, &self.tokenizer, self.window)?;
         let outputs = run_features(
@@ -174,7 +179,7 @@ impl<B: Backend> Predictor<B> {
             false,
             &self.device,
         );
-        Ok(predictions(&dataset, &features, &outputs, &self.decode).examples)
+        Ok(predictions(&dataset, &features, &outputs, decode).examples)
     }
 }
 

@@ -32,26 +32,59 @@ use qa_model::CpuBackend;
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda;
 
-/// Trains `config` on the device it asks for (CUDA first under `auto`), saying which and why.
+/// Work that can run on any backend; [`run_on`] picks the backend at run time.
+pub trait OnBackend {
+    type Output;
+    fn run<B: burn::tensor::backend::Backend>(
+        self,
+        device: B::Device,
+    ) -> anyhow::Result<Self::Output>;
+}
+
+/// Runs `job` on the device `choice` resolves to (CUDA first under `auto`), saying which and why.
+pub fn run_on<J: OnBackend>(
+    choice: DeviceChoice,
+    job: J,
+    say: &dyn Fn(String),
+) -> anyhow::Result<J::Output> {
+    let decision = device::choose(choice).map_err(anyhow::Error::msg)?;
+    say(format!("device: {}", decision.reason));
+    match decision.device {
+        Device::Cpu => job.run::<CpuBackend>(Default::default()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => job.run::<CudaBackend>(burn::backend::cuda::CudaDevice::new(i)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => unreachable!("device::choose never picks CUDA without the cuda feature"),
+    }
+}
+
+/// Trains `config` on the device it asks for.
 pub fn train(
     config: &TrainConfig,
     options: &RunOptions,
     say: &dyn Fn(String),
 ) -> anyhow::Result<TrainSummary> {
-    let decision = device::choose(config.device).map_err(anyhow::Error::msg)?;
-    say(format!("device: {}", decision.reason));
-    match decision.device {
-        Device::Cpu => {
-            trainer::train::<Autodiff<CpuBackend>>(config, options, Default::default(), say)
+    struct Job<'a> {
+        config: &'a TrainConfig,
+        options: &'a RunOptions,
+        say: &'a dyn Fn(String),
+    }
+    impl OnBackend for Job<'_> {
+        type Output = TrainSummary;
+        fn run<B: burn::tensor::backend::Backend>(
+            self,
+            device: B::Device,
+        ) -> anyhow::Result<TrainSummary> {
+            trainer::train::<Autodiff<B>>(self.config, self.options, device, self.say)
         }
-        #[cfg(feature = "cuda")]
-        Device::Cuda(i) => trainer::train::<Autodiff<CudaBackend>>(
+    }
+    run_on(
+        config.device,
+        Job {
             config,
             options,
-            burn::backend::cuda::CudaDevice::new(i),
             say,
-        ),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => unreachable!("device::choose never picks CUDA without the cuda feature"),
-    }
+        },
+        say,
+    )
 }

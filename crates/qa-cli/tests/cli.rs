@@ -1,0 +1,479 @@
+//! The `qa` binary end to end: exit codes, messages, files, and the HTTP server over loopback.
+//! A tiny randomly initialised model stands in for a trained one, so these run anywhere.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use qa_model::{BertConfig, BertForQuestionAnswering, CpuBackend, save_pretrained};
+
+fn qa() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qa"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("qa runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "qa panicked: {stderr}");
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A tiny BERT with a word-piece vocabulary, saved as a model directory.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let words = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "tower", "was", "built", "in", "1889",
+        "when", "what", "is", "paris", "a", "city", "of", "france", ".", "?", ",",
+    ];
+    let model_dir = dir.join("tiny-model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("vocab.txt"), words.join("\n")).unwrap();
+    let config = BertConfig::tiny(words.len());
+    let model = BertForQuestionAnswering::<CpuBackend>::init(&config, &Default::default());
+    save_pretrained(&model, &config, None, &model_dir).unwrap();
+    model_dir
+}
+
+const CONTEXT: &str = "Paris is a city of France. The tower was built in 1889.";
+
+#[test]
+fn evaluate_equals_the_official_scripts() {
+    let fixtures = repo().join("tests/fixtures");
+    let cases = [
+        (
+            "datasets/squad-sample/dev.json",
+            "sample-dev-predictions.json",
+            None,
+            None,
+            "sample-dev-expected.json",
+        ),
+        (
+            "datasets/test.json",
+            "test-predictions.json",
+            Some("test-na-probs.json"),
+            None,
+            "test-expected.json",
+        ),
+        (
+            "datasets/test.json",
+            "test-predictions.json",
+            Some("test-na-probs.json"),
+            Some("0.5"),
+            "test-expected-thresh-0.5.json",
+        ),
+    ];
+    for (data, preds, na, thresh, expected) in cases {
+        let mut cmd = qa();
+        cmd.args(["evaluate", "--json", "--data"])
+            .arg(repo().join(data))
+            .arg("--predictions")
+            .arg(fixtures.join(preds));
+        if let Some(na) = na {
+            cmd.arg("--na-probs").arg(fixtures.join(na));
+        }
+        if let Some(t) = thresh {
+            cmd.args(["--na-prob-thresh", t]);
+        }
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let got: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let want: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixtures.join(expected)).unwrap())
+                .unwrap();
+        assert_eq!(got, want, "{data} with {preds}");
+    }
+}
+
+#[test]
+fn bad_input_exits_1_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"data": [{"paragraphs": [{"context": "x", "qas": [{"id": "a", "question": 3}]}]}]}"#,
+    )
+    .unwrap();
+    let out = run(qa().args(["data", "check", "--data"]).arg(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("data[0].paragraphs[0].qas[0].question"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(qa().args(["data", "check", "--data", "/no/such/file.json"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/no/such/file.json"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(qa()
+        .args(["evaluate", "--data"])
+        .arg(repo().join("datasets/test.json")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--predictions"), "{}", stderr(&out));
+
+    let out = run(qa().args(["frobnicate"]));
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = run(qa().args(["data", "check", "--help"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("--max-seq-length"));
+}
+
+#[test]
+fn data_check_counts_answers_lost_to_short_windows() {
+    let data = repo().join("datasets/train.json");
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = run(qa()
+        .args([
+            "data",
+            "check",
+            "--json",
+            "--max-seq-length",
+            "32",
+            "--doc-stride",
+            "0",
+            "--max-query-length",
+            "8",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--tokenizer")
+        .arg(&model));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let stats = &v["windowing"]["stats"];
+    assert!(stats["features"].as_u64().unwrap() > v["report"]["questions"].as_u64().unwrap());
+    assert!(
+        stats["answers_outside_every_window"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+}
+
+#[test]
+fn predict_answers_with_spans_in_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let questions = dir.path().join("q.jsonl");
+    std::fs::write(
+        &questions,
+        "\"When was the tower built?\"\n{\"question\": \"What is Paris?\"}\n",
+    )
+    .unwrap();
+    let out = run(qa()
+        .args([
+            "predict",
+            "--json",
+            "--n-best",
+            "2",
+            "--context",
+            CONTEXT,
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--questions-file")
+        .arg(&questions));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(answers.len(), 2);
+    for a in &answers {
+        let (s, e) = (
+            a["start"].as_u64().unwrap() as usize,
+            a["end"].as_u64().unwrap() as usize,
+        );
+        let span: String = CONTEXT.chars().skip(s).take(e - s).collect();
+        assert_eq!(a["answer"].as_str().unwrap(), span);
+        assert!(a["candidates"].as_array().unwrap().len() <= 2);
+        let p = a["probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+    }
+    let out = run(qa()
+        .args([
+            "predict",
+            "--context",
+            CONTEXT,
+            "--question",
+            " ",
+            "--model",
+        ])
+        .arg(&model));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
+}
+
+#[test]
+fn evaluate_with_a_model_writes_prediction_files_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out_dir = dir.path().join("eval");
+    let args = |cmd: &mut Command| {
+        cmd.args([
+            "evaluate",
+            "--device",
+            "cpu",
+            "--max-seq-length",
+            "64",
+            "--doc-stride",
+            "16",
+            "--max-query-length",
+            "16",
+            "--data",
+        ])
+        .arg(repo().join("datasets/test.json"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--output-dir")
+        .arg(&out_dir);
+    };
+    let mut cmd = qa();
+    args(&mut cmd);
+    let out = run(cmd.arg("--json"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scores: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(scores["total"], 144);
+    for f in [
+        "predictions.json",
+        "nbest_predictions.json",
+        "null_odds.json",
+    ] {
+        assert!(out_dir.join(f).is_file(), "{f} missing");
+    }
+    let preds: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("predictions.json")).unwrap())
+            .unwrap();
+    assert_eq!(preds.len(), 144);
+    let mut cmd = qa();
+    args(&mut cmd);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+#[test]
+fn chat_reads_piped_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let mut child = qa()
+        .args(["chat", "--model"])
+        .arg(&model)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script =
+        format!("{CONTEXT}\n\nWhen was the tower built?\n/nbest 2\n/frob\nWhat is Paris?\n/quit\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(text.matches("answer: ").count(), 2, "{text}");
+    assert!(text.contains("from: ") && text.contains("**"), "{text}");
+    assert!(text.contains("showing 2 candidates"), "{text}");
+    assert!(text.contains("unknown command /frob"), "{text}");
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(model: &Path, extra: &[&str]) -> Server {
+    let mut child = qa()
+        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+        .arg(model)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_string();
+    Server { child, base }
+}
+
+fn post(base: &str, body: &str) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(&format!("{base}/v1/answer"))
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[test]
+fn server_answers_over_loopback_with_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let server = start_server(
+        &model,
+        &["--max-context-chars", "200", "--max-questions", "4"],
+    );
+    let base = server.base.clone();
+
+    let health: serde_json::Value = ureq::get(&format!("{base}/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let page = ureq::get(&format!("{base}/"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(page.contains("/v1/answer"));
+
+    let body = serde_json::json!({"context": CONTEXT, "questions": ["When was the tower built?", "What is Paris?"], "n_best": 2});
+    let (status, v) = post(&base, &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["answers"].as_array().unwrap().len(), 2);
+
+    // Concurrent requests are all answered.
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let body = serde_json::json!({"context": CONTEXT, "question": format!("What is Paris? {i}")});
+                post(&base, &body.to_string()).0
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+
+    let cases = [
+        (serde_json::json!({"context": CONTEXT}).to_string(), 422),
+        (
+            serde_json::json!({"context": CONTEXT, "question": "  "}).to_string(),
+            422,
+        ),
+        (
+            serde_json::json!({"context": "x".repeat(201), "question": "q"}).to_string(),
+            413,
+        ),
+        (
+            serde_json::json!({"context": CONTEXT, "questions": ["a", "b", "c", "d", "e"]})
+                .to_string(),
+            422,
+        ),
+        (
+            serde_json::json!({"context": CONTEXT, "question": "q", "n_best": 0}).to_string(),
+            422,
+        ),
+        (
+            serde_json::json!({"context": CONTEXT, "question": "q", "colour": 1}).to_string(),
+            422,
+        ),
+        ("{not json".to_string(), 400),
+        (
+            format!(
+                "{{\"context\": \"{}\", \"question\": \"q\"}}",
+                "y".repeat(200 * 4 + 70 * 1024)
+            ),
+            413,
+        ),
+    ];
+    for (body, want) in cases {
+        let (status, v) = post(&base, &body);
+        assert_eq!(status, want, "{}: {v}", &body[..body.len().min(80)]);
+        if status != 413 || v.get("error").is_some() {
+            assert!(v.get("error").is_some() || v.is_string(), "{v}");
+        }
+    }
+}
+
+/// The chat page in a real browser: headless Chromium loads it with a context and a question in
+/// the URL, the page asks the server, and the answer appears in the DOM. `.ci/run` installs
+/// Debian's chromium; without it this test says so and passes.
+#[test]
+fn chat_page_works_in_headless_chromium() {
+    let chromium = std::env::var_os("QA_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.is_file() {
+        eprintln!(
+            "skipped: no Chromium at {} (set QA_CHROMIUM)",
+            chromium.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let server = start_server(&model, &[]);
+    let url = format!(
+        "{}/?context={}&question={}",
+        server.base,
+        CONTEXT.replace(' ', "%20"),
+        "When%20was%20the%20tower%20built%3F"
+    );
+    let profile = dir.path().join("profile");
+    let out = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("Q: When was the tower built?"), "{dom}");
+    assert!(dom.contains("class=\"answer\">A: "), "{dom}");
+    assert!(dom.contains("% confident"), "{dom}");
+    assert!(dom.contains("<mark>"), "{dom}");
+}
