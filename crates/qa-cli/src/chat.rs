@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use qa_train::{OnBackend, Predictor};
 
 use crate::cli::ChatArgs;
-use crate::predict::{load_predictor, read_context, view};
+use crate::predict::{SEARCH_WIDTH, load_predictor, read_context, view};
 
 const HELP: &str = "Type a question, or a command:
   /context        paste a new context, ended by an empty line
@@ -31,6 +31,7 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
             let predictor = load_predictor::<B>(&self.args.model, device)?;
             Session {
                 predictor,
+                shown: self.args.model.n_best,
                 context: self.context,
                 color: std::io::stdout().is_terminal(),
                 interactive: std::io::stdin().is_terminal(),
@@ -43,6 +44,8 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
 
 struct Session<B: Backend> {
     predictor: Predictor<B>,
+    /// Candidates shown per answer.
+    shown: usize,
     context: Option<String>,
     color: bool,
     interactive: bool,
@@ -98,7 +101,8 @@ impl<B: Backend> Session<B> {
                 },
                 "/nbest" => match rest.parse::<usize>() {
                     Ok(n) if n > 0 => {
-                        self.predictor.decode.n_best_size = n;
+                        self.shown = n;
+                        self.predictor.decode.n_best_size = n.max(SEARCH_WIDTH);
                         println!("showing {n} candidates");
                     }
                     _ => println!("error: /nbest needs a whole number of at least 1"),
@@ -119,7 +123,7 @@ impl<B: Backend> Session<B> {
         let Some(p) = predictions.first() else {
             bail!("no prediction")
         };
-        let v = view(context, question, p);
+        let v = view(context, question, p, self.shown);
         println!(
             "answer: {}  ({:.1} % confident)",
             v.answer,

@@ -20,10 +20,14 @@ pub fn load_predictor<B: Backend>(
     }
     let mut predictor = Predictor::<B>::load(&args.model, device)
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
-    predictor.decode.n_best_size = args.n_best;
+    // Search at least run_qa.py's 20 starts and ends; `--n-best` is how many are shown.
+    predictor.decode.n_best_size = args.n_best.max(SEARCH_WIDTH);
     predictor.decode.max_answer_length = args.max_answer_length;
     Ok(predictor)
 }
+
+/// Start and end positions searched per window, whatever number of candidates is shown.
+pub const SEARCH_WIDTH: usize = 20;
 
 /// One answer as printed and served.
 #[derive(Debug, Serialize)]
@@ -52,12 +56,19 @@ pub struct Candidate {
     pub end: usize,
 }
 
-pub fn view(context: &str, question: &str, p: &ExamplePrediction) -> AnswerView {
+/// The answer to `question` with at most `shown` candidates. A best "candidate" with an empty span
+/// is run_qa.py's placeholder for "no valid span": shown as no answer.
+pub fn view(context: &str, question: &str, p: &ExamplePrediction, shown: usize) -> AnswerView {
     let best = &p.nbest[0];
+    let answer = if best.end > best.start {
+        p.answer.clone()
+    } else {
+        String::new()
+    };
     let (s_start, s_end) = sentence_around(context, best.start, best.end);
     AnswerView {
         question: question.to_string(),
-        answer: p.answer.clone(),
+        answer,
         probability: best.probability,
         score: best.start_logit + best.end_logit,
         start: best.start,
@@ -71,6 +82,8 @@ pub fn view(context: &str, question: &str, p: &ExamplePrediction) -> AnswerView 
         candidates: p
             .nbest
             .iter()
+            .filter(|c| c.end > c.start)
+            .take(shown)
             .map(|c| Candidate {
                 text: c.text.clone(),
                 probability: c.probability,
@@ -180,7 +193,7 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
             Ok(predictions
                 .iter()
                 .zip(&self.questions)
-                .map(|(p, q)| view(&self.context, q, p))
+                .map(|(p, q)| view(&self.context, q, p, self.args.model.n_best))
                 .collect())
         }
     }

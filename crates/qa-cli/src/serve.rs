@@ -17,7 +17,7 @@ use qa_train::{OnBackend, Predictor};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::ServeArgs;
-use crate::predict::{AnswerView, load_predictor, view};
+use crate::predict::{AnswerView, SEARCH_WIDTH, load_predictor, view};
 
 const PAGE: &str = include_str!("page.html");
 
@@ -31,6 +31,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             let predictor = load_predictor::<B>(&self.args.model, device)?;
             let state = Arc::new(AppState {
                 predictor,
+                shown: self.args.model.n_best,
                 model: self.args.model.model.display().to_string(),
                 max_context_chars: self.args.max_context_chars,
                 max_questions: self.args.max_questions,
@@ -45,6 +46,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 
 struct AppState<B: Backend> {
     predictor: Predictor<B>,
+    /// Candidates shown when a request does not say.
+    shown: usize,
     model: String,
     max_context_chars: usize,
     max_questions: usize,
@@ -150,7 +153,7 @@ async fn answer<B: Backend>(
             ),
         ));
     }
-    let n_best = request.n_best.unwrap_or(state.predictor.decode.n_best_size);
+    let n_best = request.n_best.unwrap_or(state.shown);
     if n_best == 0 || n_best > state.max_n_best {
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -160,7 +163,7 @@ async fn answer<B: Backend>(
     let context = request.context;
     let answers = tokio::task::spawn_blocking(move || {
         let decode = qa_data::DecodeConfig {
-            n_best_size: n_best,
+            n_best_size: n_best.max(SEARCH_WIDTH),
             ..state.predictor.decode
         };
         let predictions = state.predictor.answer_with(&context, &questions, &decode)?;
@@ -168,7 +171,7 @@ async fn answer<B: Backend>(
             predictions
                 .iter()
                 .zip(&questions)
-                .map(|(p, q)| view(&context, q, p))
+                .map(|(p, q)| view(&context, q, p, n_best))
                 .collect::<Vec<_>>(),
         )
     })

@@ -40,6 +40,8 @@ fn tiny_model(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("vocab.txt"), words.join("\n")).unwrap();
     let config = BertConfig::tiny(words.len());
+    // Seeded, so every test run sees the same model.
+    <CpuBackend as burn::tensor::backend::Backend>::seed(&Default::default(), 7);
     let model = BertForQuestionAnswering::<CpuBackend>::init(&config, &Default::default());
     save_pretrained(&model, &config, None, &model_dir).unwrap();
     model_dir

@@ -579,7 +579,7 @@ impl<'a> CharIndex<'a> {
         self.text
             .match_indices(needle)
             .map(|(b, _)| self.char_of_byte(b))
-            .min_by_key(|&c| (c as i64 - around).unsigned_abs())
+            .min_by_key(|&c| (c as i128 - around as i128).unsigned_abs())
     }
 }
 
@@ -779,6 +779,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[0].qas[0].answers[0].answer_start"), "{err}");
+    }
+
+    #[test]
+    fn mutated_input_never_panics() {
+        let valid = r#"{"version": "v2.0", "data": [{"paragraphs": [{"context": "Zürich is a city.", "qas": [
+            {"id": "a", "question": "Where?", "is_impossible": false, "answers": [{"text": "Zürich", "answer_start": 0}]},
+            {"id": "b", "question": "What?", "is_impossible": true, "answers": []}]}]}]}"#;
+        let bytes = valid.as_bytes();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"{}[]\":,0123456789-e.abc \\u00e9";
+        for _ in 0..3000 {
+            let mut m = bytes.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % m.len() as u64) as usize;
+                match next() % 3 {
+                    0 => m[at] = alphabet[(next() % alphabet.len() as u64) as usize],
+                    1 => {
+                        m.remove(at);
+                    }
+                    _ => m.insert(at, alphabet[(next() % alphabet.len() as u64) as usize]),
+                }
+            }
+            if let Ok(text) = std::str::from_utf8(&m) {
+                for policy in [
+                    MisalignedPolicy::Realign,
+                    MisalignedPolicy::Skip,
+                    MisalignedPolicy::Error,
+                ] {
+                    let _ = load(text, policy);
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::{Activation, BertConfig};
 
@@ -24,8 +24,28 @@ pub struct BertInput<B: Backend> {
     pub input_ids: Tensor<B, 2, Int>,
     /// `[batch, seq]` 0 for `[CLS] question [SEP]`, 1 for the context part.
     pub token_type_ids: Tensor<B, 2, Int>,
-    /// `[batch, seq]` true at padding positions.
-    pub padding_mask: Tensor<B, 2, Bool>,
+    /// `[batch, seq]` true at padding positions; `None` when nothing is padded, which spares the
+    /// attention its mask.
+    pub padding_mask: Option<Tensor<B, 2, Bool>>,
+}
+
+impl<B: Backend> BertInput<B> {
+    /// Builds a batch from host rows of equal length `shape[1]`.
+    pub fn from_host(
+        input_ids: Vec<i32>,
+        token_type_ids: Vec<i32>,
+        padding: Vec<bool>,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Self {
+        let padded = padding.iter().any(|&p| p);
+        BertInput {
+            input_ids: Tensor::from_data(TensorData::new(input_ids, shape), device),
+            token_type_ids: Tensor::from_data(TensorData::new(token_type_ids, shape), device),
+            padding_mask: padded
+                .then(|| Tensor::from_data(TensorData::new(padding, shape), device)),
+        }
+    }
 }
 
 /// Start and end logits, `[batch, seq]` each; padding positions hold [`MASKED_LOGIT`].
@@ -58,7 +78,7 @@ impl<B: Backend> Embeddings<B> {
             .position_embeddings
             .weight
             .val()
-            .slice([0..seq])
+            .slice(0..seq)
             .unsqueeze::<3>();
         let x = self.word_embeddings.forward(input_ids)
             + positions
@@ -81,32 +101,44 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, padding: &Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, padding: Option<&Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
         let head_dim = hidden / self.heads;
         let split = |t: Tensor<B, 3>| {
             t.reshape([batch, seq, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x.clone()));
-        let mask = padding.clone().expand([batch, self.heads, seq, seq]);
+        let q = split(linear(&self.query, x.clone()));
+        let k = split(linear(&self.key, x.clone()));
+        let v = split(linear(&self.value, x.clone()));
+        let mask = padding.map(|p| p.clone().expand([batch, self.heads, seq, seq]));
 
         let training = B::ad_enabled(&x.device()) && self.attention_dropout.prob > 0.0;
         let context = if training {
             // burn's fused attention has no dropout; BERT drops attention probabilities.
             let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-            let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+            let scores = match mask {
+                Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
+                None => scores,
+            };
             let probs = self.attention_dropout.forward(softmax(scores, 3));
             probs.matmul(v)
         } else {
-            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+            attention(q, k, v, mask, None, AttentionModuleOptions::default())
         };
         let context = context.swap_dims(1, 2).reshape([batch, seq, hidden]);
-        let out = self.dropout.forward(self.output.forward(context));
+        let out = self.dropout.forward(linear(&self.output, context));
         self.layer_norm.forward(out + x)
     }
+}
+
+/// A linear layer over `[batch, seq, features]` as one 2-D matrix product: burn's default
+/// broadcasts the weight to the batch, which costs a copy on the CPU.
+fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, features] = x.dims();
+    let y = layer.forward(x.reshape([batch * seq, features]));
+    let out = y.dims()[1];
+    y.reshape([batch, seq, out])
 }
 
 /// The position-wise feed-forward block with its residual LayerNorm.
@@ -122,13 +154,13 @@ pub struct FeedForward<B: Backend> {
 
 impl<B: Backend> FeedForward<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.intermediate.forward(x.clone());
+        let h = linear(&self.intermediate, x.clone());
         let h = match self.activation {
             Activation::Gelu => gelu(h),
             Activation::GeluApproximate => gelu_approximate(h),
             Activation::Relu => relu(h),
         };
-        let out = self.dropout.forward(self.output.forward(h));
+        let out = self.dropout.forward(linear(&self.output, h));
         self.layer_norm.forward(out + x)
     }
 }
@@ -150,12 +182,15 @@ impl<B: Backend> BertModel<B> {
     /// Last hidden states, `[batch, seq, hidden]`.
     pub fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
         let [batch, seq] = input.input_ids.dims();
-        let padding = input.padding_mask.clone().reshape([batch, 1, 1, seq]);
+        let padding = input
+            .padding_mask
+            .as_ref()
+            .map(|p| p.clone().reshape([batch, 1, 1, seq]));
         let mut x = self
             .embeddings
             .forward(input.input_ids.clone(), input.token_type_ids.clone());
         for layer in &self.layers {
-            x = layer.attention.forward(x, &padding);
+            x = layer.attention.forward(x, padding.as_ref());
             x = layer.feed_forward.forward(x);
         }
         x
@@ -246,13 +281,16 @@ impl<B: Backend> BertForQuestionAnswering<B> {
     pub fn forward(&self, input: &BertInput<B>) -> SpanLogits<B> {
         let hidden = self.bert.forward(input);
         let [batch, seq, _] = hidden.dims();
-        let logits = self.qa_outputs.forward(hidden);
+        let logits = linear(&self.qa_outputs, hidden);
         let pick = |i: usize| {
-            logits
+            let l = logits
                 .clone()
                 .slice([0..batch, 0..seq, i..i + 1])
-                .reshape([batch, seq])
-                .mask_fill(input.padding_mask.clone(), MASKED_LOGIT)
+                .reshape([batch, seq]);
+            match &input.padding_mask {
+                Some(p) => l.mask_fill(p.clone(), MASKED_LOGIT),
+                None => l,
+            }
         };
         SpanLogits {
             start: pick(0),
@@ -265,22 +303,17 @@ impl<B: Backend> BertForQuestionAnswering<B> {
 mod tests {
     use super::*;
     use crate::CpuBackend;
-    use burn::tensor::TensorData;
 
     fn input(device: &burn::tensor::Device<CpuBackend>) -> BertInput<CpuBackend> {
-        let ids = TensorData::new(vec![2i32, 5, 6, 3, 7, 3, 2, 5, 3, 8, 3, 0], [2, 6]);
-        let types = TensorData::new(vec![0i32, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0], [2, 6]);
-        let pad = TensorData::new(
-            vec![
-                false, false, false, false, false, false, false, false, false, false, false, true,
-            ],
+        let mut pad = vec![false; 12];
+        pad[11] = true;
+        BertInput::from_host(
+            vec![2, 5, 6, 3, 7, 3, 2, 5, 3, 8, 3, 0],
+            vec![0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0],
+            pad,
             [2, 6],
-        );
-        BertInput {
-            input_ids: Tensor::from_data(ids, device),
-            token_type_ids: Tensor::from_data(types, device),
-            padding_mask: Tensor::from_data(pad, device),
-        }
+            device,
+        )
     }
 
     #[test]
@@ -303,14 +336,14 @@ mod tests {
         // The second sequence padded by one more token must give the same logits.
         let device = Default::default();
         let model = BertForQuestionAnswering::<CpuBackend>::init(&BertConfig::tiny(16), &device);
-        let short = BertInput::<CpuBackend> {
-            input_ids: Tensor::from_data(TensorData::new(vec![2i32, 5, 3, 8, 3], [1, 5]), &device),
-            token_type_ids: Tensor::from_data(
-                TensorData::new(vec![0i32, 0, 0, 1, 1], [1, 5]),
-                &device,
-            ),
-            padding_mask: Tensor::from_data(TensorData::new(vec![false; 5], [1, 5]), &device),
-        };
+        let short = BertInput::<CpuBackend>::from_host(
+            vec![2, 5, 3, 8, 3],
+            vec![0, 0, 0, 1, 1],
+            vec![false; 5],
+            [1, 5],
+            &device,
+        );
+        assert!(short.padding_mask.is_none());
         let long = input(&device);
         let a: Vec<f32> = model.forward(&short).start.into_data().to_vec().unwrap();
         let b: Vec<f32> = model

@@ -43,15 +43,18 @@ pub(crate) enum Slot<'a, B: Backend> {
     LinearWeight(&'a mut Param<Tensor<B, 2>>),
 }
 
+/// What [`visit_parameters`] calls for each parameter.
+pub(crate) type ParamVisitor<'f, B> = dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError> + 'f;
+
 /// Calls `f` with the HF name (with `bert.` prefix) of every parameter, in checkpoint order.
 pub(crate) fn visit_parameters<B: Backend>(
     model: &mut BertForQuestionAnswering<B>,
-    f: &mut dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError>,
+    f: &mut ParamVisitor<'_, B>,
 ) -> Result<(), ModelError> {
     fn linear<B: Backend>(
         name: &str,
         l: &mut Linear<B>,
-        f: &mut dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError>,
+        f: &mut ParamVisitor<'_, B>,
     ) -> Result<(), ModelError> {
         f(&format!("{name}.weight"), Slot::LinearWeight(&mut l.weight))?;
         if let Some(b) = l.bias.as_mut() {
@@ -62,7 +65,7 @@ pub(crate) fn visit_parameters<B: Backend>(
     fn layer_norm<B: Backend>(
         name: &str,
         n: &mut LayerNorm<B>,
-        f: &mut dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError>,
+        f: &mut ParamVisitor<'_, B>,
     ) -> Result<(), ModelError> {
         f(&format!("{name}.weight"), Slot::Vector(&mut n.gamma))?;
         if let Some(b) = n.beta.as_mut() {
@@ -556,23 +559,15 @@ mod tests {
     use super::*;
     use crate::CpuBackend;
     use crate::bert::BertInput;
-    use burn::tensor::{Bool, Int};
 
     fn tiny_input(device: &burn::tensor::Device<CpuBackend>) -> BertInput<CpuBackend> {
-        BertInput {
-            input_ids: Tensor::<CpuBackend, 2, Int>::from_data(
-                TensorData::new(vec![2i32, 5, 3, 8, 9, 3], [1, 6]),
-                device,
-            ),
-            token_type_ids: Tensor::<CpuBackend, 2, Int>::from_data(
-                TensorData::new(vec![0i32, 0, 0, 1, 1, 1], [1, 6]),
-                device,
-            ),
-            padding_mask: Tensor::<CpuBackend, 2, Bool>::from_data(
-                TensorData::new(vec![false; 6], [1, 6]),
-                device,
-            ),
-        }
+        BertInput::from_host(
+            vec![2, 5, 3, 8, 9, 3],
+            vec![0, 0, 0, 1, 1, 1],
+            vec![false; 6],
+            [1, 6],
+            device,
+        )
     }
 
     fn logits(model: &BertForQuestionAnswering<CpuBackend>) -> Vec<f32> {

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{Bool, Int, Tensor, TensorData};
 use qa_model::{BertInput, CpuBackend, load_pretrained};
 use serde::Deserialize;
 
@@ -23,15 +22,6 @@ fn shared_dir() -> Option<PathBuf> {
         eprintln!("skipped: QA_SHARED_DIR is not set (it points at the shared model assets)");
     }
     dir
-}
-
-fn int_tensor(
-    rows: &[Vec<i32>],
-    device: &burn::tensor::Device<CpuBackend>,
-) -> Tensor<CpuBackend, 2, Int> {
-    let (b, s) = (rows.len(), rows[0].len());
-    let flat: Vec<i32> = rows.iter().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [b, s]), device)
 }
 
 #[test]
@@ -56,14 +46,14 @@ fn minilm_hidden_states_match_transformers() {
         .flatten()
         .map(|&m| m == 0)
         .collect();
-    let input = BertInput {
-        input_ids: int_tensor(&golden.input_ids, &device),
-        token_type_ids: int_tensor(&golden.token_type_ids, &device),
-        padding_mask: Tensor::<CpuBackend, 2, Bool>::from_data(
-            TensorData::new(padding, [b, s]),
-            &device,
-        ),
-    };
+    let flat = |rows: &[Vec<i32>]| rows.iter().flatten().copied().collect::<Vec<i32>>();
+    let input = BertInput::<CpuBackend>::from_host(
+        flat(&golden.input_ids),
+        flat(&golden.token_type_ids),
+        padding,
+        [b, s],
+        &device,
+    );
     let hidden: Vec<f32> = loaded
         .model
         .bert

@@ -2,7 +2,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use qa_data::FeatureSet;
 use qa_model::{BertInput, SpanLogits};
 
@@ -64,21 +64,13 @@ impl HostBatch {
     }
 
     pub fn input<B: Backend>(&self, device: &B::Device) -> BertInput<B> {
-        let shape = [self.size, self.len];
-        BertInput {
-            input_ids: Tensor::<B, 2, Int>::from_data(
-                TensorData::new(self.input_ids.clone(), shape),
-                device,
-            ),
-            token_type_ids: Tensor::<B, 2, Int>::from_data(
-                TensorData::new(self.token_type_ids.clone(), shape),
-                device,
-            ),
-            padding_mask: Tensor::<B, 2, Bool>::from_data(
-                TensorData::new(self.padding.clone(), shape),
-                device,
-            ),
-        }
+        BertInput::from_host(
+            self.input_ids.clone(),
+            self.token_type_ids.clone(),
+            self.padding.clone(),
+            [self.size, self.len],
+            device,
+        )
     }
 
     /// Start and end label positions, `[batch]` each.

@@ -377,7 +377,9 @@ pub fn train<B: AutodiffBackend>(
                 trained_features += indices.len();
                 train_seconds += t0.elapsed().as_secs_f64();
 
-                if state.global_step % config.logging_steps.max(1) == 0
+                if state
+                    .global_step
+                    .is_multiple_of(config.logging_steps.max(1))
                     || state.global_step == total_steps
                 {
                     let mean = loss_since_log / micro_since_log.max(1) as f64;
@@ -393,9 +395,11 @@ pub fn train<B: AutodiffBackend>(
 
                 let eval_due = config.evaluate_during_training
                     && config.evaluate_during_training_steps > 0
-                    && state.global_step % config.evaluate_during_training_steps == 0;
+                    && state
+                        .global_step
+                        .is_multiple_of(config.evaluate_during_training_steps);
                 let mut checkpoint_due =
-                    config.save_steps > 0 && state.global_step % config.save_steps == 0;
+                    config.save_steps > 0 && state.global_step.is_multiple_of(config.save_steps);
                 if eval_due {
                     let train_loss = loss_since_eval / micro_since_eval.max(1) as f64;
                     (loss_since_eval, micro_since_eval) = (0.0, 0);
@@ -711,30 +715,22 @@ impl<B: AutodiffBackend> EvalContext<'_, B> {
     }
 }
 
-fn for_each_grad<B: AutodiffBackend>(
-    grads: &mut GradientsParams,
-    params: &[ParamInfo],
-    mut f: impl FnMut(&ParamInfo, &mut GradientsParams),
-) {
-    for p in params {
-        f(p, grads);
-    }
-}
-
 /// Multiplies every gradient by `factor`.
 fn scale_grads<B: AutodiffBackend>(grads: &mut GradientsParams, params: &[ParamInfo], factor: f64) {
-    for_each_grad::<B>(grads, params, |p, g| match p.rank {
-        1 => {
-            if let Some(t) = g.remove::<B::InnerBackend, 1>(p.id) {
-                g.register(p.id, t * factor);
+    for p in params {
+        match p.rank {
+            1 => {
+                if let Some(t) = grads.remove::<B::InnerBackend, 1>(p.id) {
+                    grads.register(p.id, t * factor);
+                }
+            }
+            _ => {
+                if let Some(t) = grads.remove::<B::InnerBackend, 2>(p.id) {
+                    grads.register(p.id, t * factor);
+                }
             }
         }
-        _ => {
-            if let Some(t) = g.remove::<B::InnerBackend, 2>(p.id) {
-                g.register(p.id, t * factor);
-            }
-        }
-    });
+    }
 }
 
 /// Clips the norm of all gradients together to `max_norm` (torch's `clip_grad_norm_`); burn's

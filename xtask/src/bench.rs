@@ -1,0 +1,214 @@
+//! `cargo xtask bench`: every benchmark in one run, the figures written into the generated part
+//! of `docs/benchmarks.md` (between its markers) with machine, commands and date.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::{say, workspace_root};
+
+const BEGIN: &str = "<!-- xtask bench: begin -->";
+const END: &str = "<!-- xtask bench: end -->";
+
+/// (criterion id, what it measures, reference on this machine)
+const CRITERION: &[(&str, &str, &str)] = &[
+    (
+        "squad-v1.1-train/load",
+        "parse + validate SQuAD v1.1 train (30 MB)",
+        "-",
+    ),
+    (
+        "squad-v1.1-train/tokenize+window 384_128",
+        "tokenize + window SQuAD v1.1 train, MiniLM tokenizer, 384/128",
+        "63.9 s (HF fast tokenizer, run_qa recipe)",
+    ),
+    (
+        "minilm-qa-forward/flex/bs1-seq128",
+        "MiniLM QA forward, bs 1, seq 128 (Flex)",
+        "21.6 ms (PyTorch CPU, 2 threads)",
+    ),
+    (
+        "minilm-qa-forward/flex/bs1-seq384",
+        "MiniLM QA forward, bs 1, seq 384 (Flex)",
+        "55.7 ms",
+    ),
+    (
+        "minilm-qa-forward/flex/bs8-seq384",
+        "MiniLM QA forward, bs 8, seq 384 (Flex)",
+        "384.5 ms",
+    ),
+    (
+        "minilm-qa-forward/ndarray/bs1-seq128",
+        "MiniLM QA forward, bs 1, seq 128 (NdArray)",
+        "21.6 ms",
+    ),
+    (
+        "minilm-qa-forward/ndarray/bs1-seq384",
+        "MiniLM QA forward, bs 1, seq 384 (NdArray)",
+        "55.7 ms",
+    ),
+    (
+        "minilm-qa-forward/ndarray/bs8-seq384",
+        "MiniLM QA forward, bs 8, seq 384 (NdArray)",
+        "384.5 ms",
+    ),
+];
+
+fn shared_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("QA_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared"));
+    if !dir.join("models/all-MiniLM-L6-v2").is_dir() {
+        bail!(
+            "benchmarks need the shared assets: set QA_SHARED_DIR (looked in {})",
+            dir.display()
+        );
+    }
+    Ok(dir.canonicalize()?)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn run(write: bool) -> anyhow::Result<()> {
+    let shared = shared_dir()?;
+    for (package, bench) in [("qa-data", "windowing"), ("qa-model", "inference")] {
+        say(format!("cargo bench -p {package} --bench {bench}"));
+        let status = cargo()
+            .args(["bench", "-p", package, "--bench", bench])
+            .env("QA_SHARED_DIR", &shared)
+            .stdout(Stdio::inherit())
+            .status()?;
+        if !status.success() {
+            bail!("cargo bench -p {package} failed");
+        }
+    }
+    let mut rows = Vec::new();
+    for (id, what, reference) in CRITERION {
+        let path = workspace_root()
+            .join("target/criterion")
+            .join(id)
+            .join("new/estimates.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let ns = v["mean"]["point_estimate"]
+            .as_f64()
+            .context("criterion mean")?;
+        rows.push((what.to_string(), human(ns), reference.to_string()));
+    }
+
+    say("training throughput: qa train --config configs/bench-train-cpu.toml".into());
+    let model = shared.join("models/all-MiniLM-L6-v2");
+    let out = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "qa-cli",
+            "--bin",
+            "qa",
+            "--",
+            "train",
+            "--json",
+            "--config",
+            "configs/bench-train-cpu.toml",
+            "--set",
+        ])
+        .arg(format!("model={}", model.display()))
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("the training benchmark failed");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let fps = summary["train_features_per_second"].as_f64().unwrap_or(0.0);
+    rows.push((
+        "MiniLM training, seq 384, batch 8 (features/s)".into(),
+        format!("{fps:.2} features/s"),
+        "2.41 features/s (PyTorch CPU)".into(),
+    ));
+
+    let table = render(&rows);
+    println!("{table}");
+    if write {
+        let path = workspace_root().join("docs/benchmarks.md");
+        replace_generated(&path, &table)?;
+        say(format!("updated {}", path.display()));
+    }
+    Ok(())
+}
+
+fn human(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else {
+        format!("{:.1} ms", ns / 1e6)
+    }
+}
+
+fn render(rows: &[(String, String, String)]) -> String {
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mut s = format!(
+        "Last `cargo xtask bench`: {date}, {cpu}, {cores} cores.\n\n| benchmark | this project | reference (same machine) |\n|---|---|---|\n"
+    );
+    for (what, ours, reference) in rows {
+        s.push_str(&format!("| {what} | {ours} | {reference} |\n"));
+    }
+    s
+}
+
+/// Replaces the text between the markers of `path` (appending them when missing).
+fn replace_generated(path: &Path, table: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{table}{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
+        _ => format!("{old}\n{block}\n"),
+    };
+    crate::download::write_atomic(path, new.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_block_is_replaced_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.md");
+        std::fs::write(
+            &path,
+            format!("# Bench\nintro\n{BEGIN}\nold\n{END}\noutro\n"),
+        )
+        .unwrap();
+        replace_generated(&path, "new\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("# Bench\nintro\n{BEGIN}\nnew\n{END}\noutro\n")
+        );
+        assert_eq!(human(2.5e9), "2.50 s");
+        assert_eq!(human(21.6e6), "21.6 ms");
+    }
+}
