@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::{say, workspace_root};
+use crate::{qa, run_json, say, workspace_root};
 
 const BEGIN: &str = "<!-- xtask bench: begin -->";
 const END: &str = "<!-- xtask bench: end -->";
@@ -102,29 +102,17 @@ pub fn run(write: bool) -> anyhow::Result<()> {
 
     say("training throughput: qa train --config configs/bench-train-cpu.toml".into());
     let model = shared.join("models/all-MiniLM-L6-v2");
-    let out = cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "qa-cli",
-            "--bin",
-            "qa",
-            "--",
+    let summary = run_json(
+        qa().args([
             "train",
             "--json",
             "--config",
             "configs/bench-train-cpu.toml",
             "--set",
         ])
-        .arg(format!("model={}", model.display()))
-        .stderr(Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        bail!("the training benchmark failed");
-    }
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        .arg(format!("model={}", model.display())),
+    )
+    .context("the training benchmark failed")?;
     let fps = summary["train_features_per_second"].as_f64().unwrap_or(0.0);
     rows.push((
         "MiniLM training, seq 384, batch 8 (features/s)".into(),

@@ -71,6 +71,36 @@ fn say(line: String) {
     eprintln!("{line}");
 }
 
+/// `cargo run --release -p qa-cli --bin qa --`: the project's own binary, built when needed.
+pub fn qa() -> std::process::Command {
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "qa-cli",
+        "--bin",
+        "qa",
+        "--",
+    ]);
+    c
+}
+
+/// Runs a `qa ... --json` command, its messages going to our stderr, and parses its output.
+pub fn run_json(cmd: &mut std::process::Command) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running qa")?;
+    if !out.status.success() {
+        anyhow::bail!("qa failed ({})", out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("qa printed no JSON summary")
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Err(e) = std::env::set_current_dir(workspace_root()) {

@@ -7,12 +7,11 @@
 //! 4. write `report.md` in the output directory with both rows and the training plots.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::{cache_dir, download_named, say};
+use crate::{cache_dir, download_named, qa, run_json, say};
 
 pub fn run(config_path: &Path, overrides: &[String], mirror: Option<&str>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config_path)
@@ -116,33 +115,6 @@ pub fn run(config_path: &Path, overrides: &[String], mirror: Option<&str>) -> an
     println!("{report}");
     say(format!("report written to {}", path.display()));
     Ok(())
-}
-
-/// `cargo run --release -p qa-cli --bin qa --`
-fn qa() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "qa-cli",
-        "--bin",
-        "qa",
-        "--",
-    ]);
-    c
-}
-
-fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running qa")?;
-    if !out.status.success() {
-        bail!("qa failed ({})", out.status);
-    }
-    serde_json::from_slice(&out.stdout).context("qa printed no JSON summary")
 }
 
 fn score(v: &Value, keys: &[&str]) -> String {
