@@ -223,10 +223,13 @@ impl<B: Backend> BertForQuestionAnswering<B> {
         };
         let h = config.hidden_size;
         let linear = |d_in: usize, d_out: usize| {
+            // A zero bias built lazily: drawing burn's default bias and zeroing it would use up
+            // random numbers, so loading a checkpoint would shift every later draw.
             let mut l = LinearConfig::new(d_in, d_out)
                 .with_initializer(normal.clone())
+                .with_bias(false)
                 .init(device);
-            l.bias = l.bias.map(|b| b.map(|t| t.zeros_like()));
+            l.bias = Some(Initializer::Zeros.init([d_out], device));
             l
         };
         let layer_norm = || {

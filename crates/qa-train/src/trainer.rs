@@ -170,6 +170,11 @@ pub fn train<B: AutodiffBackend>(
     device: B::Device,
     say: &dyn Fn(String),
 ) -> anyhow::Result<TrainSummary> {
+    // The backend's random generator (head init, dropout masks) is one per process: two runs
+    // in one process would interleave their draws and neither would be reproducible, so runs
+    // in one process take turns.
+    static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _rng_turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let out = &config.output_dir;
     prepare_output_dir(config, options)?;
@@ -746,9 +751,12 @@ fn clip_global_norm<B: AutodiffBackend>(
             1 => grads
                 .get::<B::InnerBackend, 1>(p.id)
                 .map(|t| t.powi_scalar(2).sum()),
+            // Row sums first: burn-flex sums a tensor of 4M+ elements (the word embeddings)
+            // with a rayon reduction whose order varies from run to run, which made resumed
+            // runs differ from uninterrupted ones; per-row sums are computed in a fixed order.
             _ => grads
                 .get::<B::InnerBackend, 2>(p.id)
-                .map(|t| t.powi_scalar(2).sum()),
+                .map(|t| t.powi_scalar(2).sum_dim(1).sum()),
         };
         squares.extend(sq);
     }
