@@ -5,9 +5,9 @@
 //! Its own test binary, so no other test draws from the process-wide generator meanwhile.
 
 use burn::tensor::{Distribution, Tensor, backend::Backend};
+use qa_model::{BertConfig, BertForQuestionAnswering, CpuBackend};
 
 type Device = burn::tensor::Device<CpuBackend>;
-use qa_model::{BertConfig, BertForQuestionAnswering, CpuBackend};
 
 fn draw(device: &Device) -> Vec<f32> {
     Tensor::<CpuBackend, 1>::random([8], Distribution::Default, device)
