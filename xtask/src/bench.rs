@@ -11,49 +11,90 @@ use crate::{qa, run_json, say, workspace_root};
 const BEGIN: &str = "<!-- xtask bench: begin -->";
 const END: &str = "<!-- xtask bench: end -->";
 
-/// (criterion id, what it measures, reference on this machine)
-const CRITERION: &[(&str, &str, &str)] = &[
-    (
-        "squad-v1.1-train/load",
+/// A criterion benchmark: its group and function names, what it measures, and the reference on
+/// this machine.
+struct CriterionBench {
+    group: &'static str,
+    function: &'static str,
+    what: &'static str,
+    reference: &'static str,
+}
+
+const fn bench(
+    group: &'static str,
+    function: &'static str,
+    what: &'static str,
+    reference: &'static str,
+) -> CriterionBench {
+    CriterionBench {
+        group,
+        function,
+        what,
+        reference,
+    }
+}
+
+const CRITERION: &[CriterionBench] = &[
+    bench(
+        "squad-v1.1-train",
+        "load",
         "parse + validate SQuAD v1.1 train (30 MB)",
         "-",
     ),
-    (
-        "squad-v1.1-train/tokenize+window 384_128",
+    bench(
+        "squad-v1.1-train",
+        "tokenize+window 384/128",
         "tokenize + window SQuAD v1.1 train, MiniLM tokenizer, 384/128",
         "63.9 s (HF fast tokenizer, run_qa recipe)",
     ),
-    (
-        "minilm-qa-forward/flex/bs1-seq128",
+    bench(
+        "minilm-qa-forward/flex",
+        "bs1-seq128",
         "MiniLM QA forward, bs 1, seq 128 (Flex)",
-        "21.6 ms (PyTorch CPU, 2 threads)",
+        "21.6 ms",
     ),
-    (
-        "minilm-qa-forward/flex/bs1-seq384",
+    bench(
+        "minilm-qa-forward/flex",
+        "bs1-seq384",
         "MiniLM QA forward, bs 1, seq 384 (Flex)",
         "55.7 ms",
     ),
-    (
-        "minilm-qa-forward/flex/bs8-seq384",
+    bench(
+        "minilm-qa-forward/flex",
+        "bs8-seq384",
         "MiniLM QA forward, bs 8, seq 384 (Flex)",
         "384.5 ms",
     ),
-    (
-        "minilm-qa-forward/ndarray/bs1-seq128",
+    bench(
+        "minilm-qa-forward/ndarray",
+        "bs1-seq128",
         "MiniLM QA forward, bs 1, seq 128 (NdArray)",
         "21.6 ms",
     ),
-    (
-        "minilm-qa-forward/ndarray/bs1-seq384",
+    bench(
+        "minilm-qa-forward/ndarray",
+        "bs1-seq384",
         "MiniLM QA forward, bs 1, seq 384 (NdArray)",
         "55.7 ms",
     ),
-    (
-        "minilm-qa-forward/ndarray/bs8-seq384",
+    bench(
+        "minilm-qa-forward/ndarray",
+        "bs8-seq384",
         "MiniLM QA forward, bs 8, seq 384 (NdArray)",
         "384.5 ms",
     ),
 ];
+
+impl CriterionBench {
+    /// Where criterion keeps the estimates: one folder for the group and one for the function,
+    /// each with `/` replaced by `_`.
+    fn estimates_path(&self, criterion_dir: &Path) -> PathBuf {
+        criterion_dir
+            .join(self.group.replace('/', "_"))
+            .join(self.function.replace('/', "_"))
+            .join("new/estimates.json")
+    }
+}
 
 fn shared_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::var_os("QA_SHARED_DIR")
@@ -85,19 +126,37 @@ pub fn run(write: bool) -> anyhow::Result<()> {
             bail!("cargo bench -p {package} failed");
         }
     }
+    let torch = torch_latency(&shared)?;
     let mut rows = Vec::new();
-    for (id, what, reference) in CRITERION {
-        let path = workspace_root()
-            .join("target/criterion")
-            .join(id)
-            .join("new/estimates.json");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    for bench in CRITERION {
+        let path = bench.estimates_path(&target.join("criterion"));
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
         let ns = v["mean"]["point_estimate"]
             .as_f64()
             .context("criterion mean")?;
-        rows.push((what.to_string(), human(ns), reference.to_string()));
+        let reference = if bench.group.starts_with("minilm-qa-forward/") {
+            let measured = torch
+                .as_ref()
+                .and_then(|t| Some((t["torch"].as_str()?, t[bench.function].as_f64()?)));
+            match measured {
+                Some((version, ms)) => format!(
+                    "{ms:.1} ms (PyTorch {version} CPU, 2 threads, this run); brief: {} (PyTorch 2.15)",
+                    bench.reference
+                ),
+                None => format!(
+                    "{} (PyTorch 2.15 CPU, 2 threads, from the brief)",
+                    bench.reference
+                ),
+            }
+        } else {
+            bench.reference.to_string()
+        };
+        rows.push((bench.what.to_string(), human(ns), reference));
     }
 
     say("training throughput: qa train --config configs/bench-train-cpu.toml".into());
@@ -128,6 +187,30 @@ pub fn run(write: bool) -> anyhow::Result<()> {
         say(format!("updated {}", path.display()));
     }
     Ok(())
+}
+
+/// PyTorch's latency for the same shapes, measured now when `QA_TORCH_PYTHON` names a Python
+/// with torch and transformers; `None` (and the brief's figures) otherwise.
+fn torch_latency(shared: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(python) = std::env::var_os("QA_TORCH_PYTHON") else {
+        say("QA_TORCH_PYTHON not set: the PyTorch references are the brief's figures".into());
+        return Ok(None);
+    };
+    say("PyTorch reference: tests/parity/torch_latency.py".into());
+    let output = Command::new(&python)
+        .arg(workspace_root().join("tests/parity/torch_latency.py"))
+        .arg(shared.join("models/all-MiniLM-L6-v2"))
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", python.to_string_lossy()))?;
+    if !output.status.success() {
+        bail!("tests/parity/torch_latency.py failed");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    Ok(Some(serde_json::from_str(last).with_context(|| {
+        format!("torch_latency.py printed {last:?}, not a JSON line")
+    })?))
 }
 
 fn human(ns: f64) -> String {
@@ -180,6 +263,21 @@ fn replace_generated(path: &Path, table: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn estimates_are_found_where_criterion_writes_them() {
+        // Folder names as criterion 0.7 wrote them for our benchmarks.
+        let root = Path::new("c");
+        let path = |group, function| bench(group, function, "", "").estimates_path(root);
+        assert_eq!(
+            path("minilm-qa-forward/flex", "bs8-seq384"),
+            root.join("minilm-qa-forward_flex/bs8-seq384/new/estimates.json")
+        );
+        assert_eq!(
+            path("squad-v1.1-train", "tokenize+window 384/128"),
+            root.join("squad-v1.1-train/tokenize+window 384_128/new/estimates.json")
+        );
+    }
 
     #[test]
     fn generated_block_is_replaced_in_place() {

@@ -12,6 +12,10 @@ use burn::tensor::backend::Backend;
 use criterion::{Criterion, criterion_group, criterion_main};
 use qa_model::{BertInput, load_pretrained};
 
+/// The same allocator as the `qa` binary, so the timings match what users get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn input<B: Backend>(batch: usize, seq: usize, device: &B::Device) -> BertInput<B> {
     let ids: Vec<i32> = (0..batch * seq)
         .map(|i| 1000 + (i * 7919 % 20000) as i32)

@@ -3,6 +3,10 @@
 
 use qa_model::{BertInput, CpuBackend, load_pretrained};
 
+/// The same allocator as the `qa` binary, so the timings match what users get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, dir, batch, seq, iters] = args.as_slice() else {

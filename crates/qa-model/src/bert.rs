@@ -9,13 +9,12 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
 };
-use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
+use burn::tensor::activation::{gelu_approximate, relu};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::{Activation, BertConfig};
+use crate::kernels;
 
 /// One batch of model inputs, padded to a common length.
 #[derive(Debug, Clone)]
@@ -101,44 +100,15 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, padding: Option<&Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
-        let [batch, seq, hidden] = x.dims();
-        let head_dim = hidden / self.heads;
-        let split = |t: Tensor<B, 3>| {
-            t.reshape([batch, seq, self.heads, head_dim])
-                .swap_dims(1, 2)
-        };
-        let q = split(linear(&self.query, x.clone()));
-        let k = split(linear(&self.key, x.clone()));
-        let v = split(linear(&self.value, x.clone()));
-        let mask = padding.map(|p| p.clone().expand([batch, self.heads, seq, seq]));
+    fn forward(&self, x: Tensor<B, 3>, padding: Option<&Tensor<B, 2, Bool>>) -> Tensor<B, 3> {
+        let q = kernels::linear(&self.query, x.clone());
+        let k = kernels::linear(&self.key, x.clone());
+        let v = kernels::linear(&self.value, x.clone());
 
-        let training = B::ad_enabled(&x.device()) && self.attention_dropout.prob > 0.0;
-        let context = if training {
-            // burn's fused attention has no dropout; BERT drops attention probabilities.
-            let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-            let scores = match mask {
-                Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
-                None => scores,
-            };
-            let probs = self.attention_dropout.forward(softmax(scores, 3));
-            probs.matmul(v)
-        } else {
-            attention(q, k, v, mask, None, AttentionModuleOptions::default())
-        };
-        let context = context.swap_dims(1, 2).reshape([batch, seq, hidden]);
-        let out = self.dropout.forward(linear(&self.output, context));
+        let context = kernels::attention(q, k, v, padding, self.heads, &self.attention_dropout);
+        let out = self.dropout.forward(kernels::linear(&self.output, context));
         self.layer_norm.forward(out + x)
     }
-}
-
-/// A linear layer over `[batch, seq, features]` as one 2-D matrix product: burn's default
-/// broadcasts the weight to the batch, which costs a copy on the CPU.
-fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [batch, seq, features] = x.dims();
-    let y = layer.forward(x.reshape([batch * seq, features]));
-    let out = y.dims()[1];
-    y.reshape([batch, seq, out])
 }
 
 /// The position-wise feed-forward block with its residual LayerNorm.
@@ -154,13 +124,13 @@ pub struct FeedForward<B: Backend> {
 
 impl<B: Backend> FeedForward<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = linear(&self.intermediate, x.clone());
+        let h = kernels::linear(&self.intermediate, x.clone());
         let h = match self.activation {
-            Activation::Gelu => gelu(h),
+            Activation::Gelu => kernels::gelu(h),
             Activation::GeluApproximate => gelu_approximate(h),
             Activation::Relu => relu(h),
         };
-        let out = self.dropout.forward(linear(&self.output, h));
+        let out = self.dropout.forward(kernels::linear(&self.output, h));
         self.layer_norm.forward(out + x)
     }
 }
@@ -181,16 +151,11 @@ pub struct BertModel<B: Backend> {
 impl<B: Backend> BertModel<B> {
     /// Last hidden states, `[batch, seq, hidden]`.
     pub fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
-        let [batch, seq] = input.input_ids.dims();
-        let padding = input
-            .padding_mask
-            .as_ref()
-            .map(|p| p.clone().reshape([batch, 1, 1, seq]));
         let mut x = self
             .embeddings
             .forward(input.input_ids.clone(), input.token_type_ids.clone());
         for layer in &self.layers {
-            x = layer.attention.forward(x, padding.as_ref());
+            x = layer.attention.forward(x, input.padding_mask.as_ref());
             x = layer.feed_forward.forward(x);
         }
         x
@@ -284,7 +249,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
     pub fn forward(&self, input: &BertInput<B>) -> SpanLogits<B> {
         let hidden = self.bert.forward(input);
         let [batch, seq, _] = hidden.dims();
-        let logits = linear(&self.qa_outputs, hidden);
+        let logits = kernels::linear(&self.qa_outputs, hidden);
         let pick = |i: usize| {
             let l = logits
                 .clone()

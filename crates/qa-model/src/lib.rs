@@ -5,12 +5,14 @@
 //! | `config.json` as a typed struct | [`config`] |
 //! | the encoder and span head, generic over the backend | [`bert`] |
 //! | loading and saving HF directories and burn records | [`hf`] |
+//! | attention and GELU, multi-threaded on the CPU backend | [`kernels`] |
 //! | which CPU backend we run on | [`CpuBackend`] |
 
 pub mod bert;
 pub mod config;
 pub mod error;
 pub mod hf;
+pub mod kernels;
 
 pub use bert::{BertForQuestionAnswering, BertInput, BertModel, MASKED_LOGIT, SpanLogits};
 pub use config::{Activation, BertConfig};
