@@ -135,15 +135,11 @@ mod flex {
         // view `flex_tensor` gave is dropped here): then the activation is computed in place.
         let mut x = flex_tensor(x)?.to_contiguous();
         match x.try_storage_mut::<f32>() {
-            Some(values) => values
-                .par_chunks_mut(CHUNK)
-                .for_each(math::gelu_in_place),
+            Some(values) => values.par_chunks_mut(CHUNK).for_each(math::gelu_in_place),
             None => {
                 let shape = x.layout().shape().clone();
                 let mut values = x.as_slice::<f32>().expect("contiguous f32").to_vec();
-                values
-                    .par_chunks_mut(CHUNK)
-                    .for_each(math::gelu_in_place);
+                values.par_chunks_mut(CHUNK).for_each(math::gelu_in_place);
                 x = FlexTensor::from_data(TensorData::new(values, shape));
             }
         }
@@ -307,6 +303,11 @@ mod flex {
             hidden,
             heads,
         } = shape;
+        assert_eq!(
+            hidden % heads,
+            0,
+            "hidden size {hidden} not divisible by {heads} heads"
+        );
         let head_dim = hidden / heads;
         let len = batch * seq * hidden;
         assert!(q.len() == len && k.len() == len && v.len() == len);
@@ -400,7 +401,10 @@ mod math {
         const LN2_HI: f32 = 0.693_359_4;
         const LN2_LO: f32 = -2.121_944_4e-4;
         // `max`/`min` map NaN to a bound, so `n` below is always a small finite integer.
-        #[expect(clippy::manual_clamp, reason = "clamp keeps NaN, which must not reach `n`")]
+        #[expect(
+            clippy::manual_clamp,
+            reason = "clamp keeps NaN, which must not reach `n`"
+        )]
         let r0 = x.max(-87.0).min(88.0);
         let n = (r0 * LOG2E + 0.5).floor();
         let r = r0 - n * LN2_HI - n * LN2_LO;
