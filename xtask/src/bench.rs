@@ -126,7 +126,8 @@ pub fn run(write: bool) -> anyhow::Result<()> {
             bail!("cargo bench -p {package} failed");
         }
     }
-    let torch = torch_latency(&shared)?;
+    let model = shared.join("models/all-MiniLM-L6-v2");
+    let torch = torch_reference("torch_latency.py", &[model.as_os_str()])?;
     let mut rows = Vec::new();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -160,7 +161,6 @@ pub fn run(write: bool) -> anyhow::Result<()> {
     }
 
     say("training throughput: qa train --config configs/bench-train-cpu.toml".into());
-    let model = shared.join("models/all-MiniLM-L6-v2");
     let summary = run_json(
         qa().args([
             "train",
@@ -173,10 +173,23 @@ pub fn run(write: bool) -> anyhow::Result<()> {
     )
     .context("the training benchmark failed")?;
     let fps = summary["train_features_per_second"].as_f64().unwrap_or(0.0);
+    let steps = summary["global_step"].as_u64().unwrap_or(0).to_string();
+    let torch_train = torch_reference(
+        "torch_train_throughput.py",
+        &[model.as_os_str(), steps.as_ref()],
+    )?;
+    let measured = torch_train
+        .as_ref()
+        .and_then(|t| Some((t["torch"].as_str()?, t["features_per_second"].as_f64()?)));
     rows.push((
         "MiniLM training, seq 384, batch 8 (features/s)".into(),
         format!("{fps:.2} features/s"),
-        "2.41 features/s (PyTorch CPU)".into(),
+        match measured {
+            Some((version, torch_fps)) => format!(
+                "{torch_fps:.2} features/s (PyTorch {version} CPU, 2 threads, this run); brief: 2.41 features/s"
+            ),
+            None => "2.41 features/s (PyTorch CPU, from the brief)".into(),
+        },
     ));
 
     let table = render(&rows);
@@ -189,27 +202,31 @@ pub fn run(write: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// PyTorch's latency for the same shapes, measured now when `QA_TORCH_PYTHON` names a Python
-/// with torch and transformers; `None` (and the brief's figures) otherwise.
-fn torch_latency(shared: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+/// A PyTorch reference measured now by `tests/parity/<script>` when `QA_TORCH_PYTHON` names a
+/// Python with torch and transformers: the JSON object on the script's last line. `None` (and the
+/// brief's figures) otherwise.
+fn torch_reference(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<Option<serde_json::Value>> {
     let Some(python) = std::env::var_os("QA_TORCH_PYTHON") else {
         say("QA_TORCH_PYTHON not set: the PyTorch references are the brief's figures".into());
         return Ok(None);
     };
-    say("PyTorch reference: tests/parity/torch_latency.py".into());
+    say(format!("PyTorch reference: tests/parity/{script}"));
     let output = Command::new(&python)
-        .arg(workspace_root().join("tests/parity/torch_latency.py"))
-        .arg(shared.join("models/all-MiniLM-L6-v2"))
+        .arg(workspace_root().join("tests/parity").join(script))
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", python.to_string_lossy()))?;
     if !output.status.success() {
-        bail!("tests/parity/torch_latency.py failed");
+        bail!("tests/parity/{script} failed");
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     Ok(Some(serde_json::from_str(last).with_context(|| {
-        format!("torch_latency.py printed {last:?}, not a JSON line")
+        format!("{script} printed {last:?}, not a JSON line")
     })?))
 }
 

@@ -64,6 +64,8 @@ pub struct Embeddings<B: Backend> {
     pub token_type_embeddings: Embedding<B>,
     pub layer_norm: LayerNorm<B>,
     dropout: Dropout,
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 impl<B: Backend> Embeddings<B> {
@@ -82,7 +84,8 @@ impl<B: Backend> Embeddings<B> {
         let x = self.word_embeddings.forward(input_ids)
             + positions
             + self.token_type_embeddings.forward(token_type_ids);
-        self.dropout.forward(self.layer_norm.forward(x))
+        let x = kernels::layer_norm(&self.layer_norm, x, self.layer_norm_eps);
+        kernels::dropout(&self.dropout, x)
     }
 }
 
@@ -97,6 +100,8 @@ pub struct Attention<B: Backend> {
     attention_dropout: Dropout,
     dropout: Dropout,
     heads: usize,
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 impl<B: Backend> Attention<B> {
@@ -106,8 +111,8 @@ impl<B: Backend> Attention<B> {
         let v = kernels::linear(&self.value, x.clone());
 
         let context = kernels::attention(q, k, v, padding, self.heads, &self.attention_dropout);
-        let out = self.dropout.forward(kernels::linear(&self.output, context));
-        self.layer_norm.forward(out + x)
+        let out = kernels::dropout(&self.dropout, kernels::linear(&self.output, context));
+        kernels::layer_norm(&self.layer_norm, out + x, self.layer_norm_eps)
     }
 }
 
@@ -120,6 +125,8 @@ pub struct FeedForward<B: Backend> {
     dropout: Dropout,
     #[module(skip)]
     activation: Activation,
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 impl<B: Backend> FeedForward<B> {
@@ -130,8 +137,8 @@ impl<B: Backend> FeedForward<B> {
             Activation::GeluApproximate => gelu_approximate(h),
             Activation::Relu => relu(h),
         };
-        let out = self.dropout.forward(kernels::linear(&self.output, h));
-        self.layer_norm.forward(out + x)
+        let out = kernels::dropout(&self.dropout, kernels::linear(&self.output, h));
+        kernels::layer_norm(&self.layer_norm, out + x, self.layer_norm_eps)
     }
 }
 
@@ -220,6 +227,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                         .init(),
                     dropout: hidden_dropout.clone(),
                     heads: config.num_attention_heads,
+                    layer_norm_eps: config.layer_norm_eps,
                 },
                 feed_forward: FeedForward {
                     intermediate: linear(h, config.intermediate_size),
@@ -227,6 +235,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                     layer_norm: layer_norm(),
                     dropout: hidden_dropout.clone(),
                     activation: config.hidden_act,
+                    layer_norm_eps: config.layer_norm_eps,
                 },
             })
             .collect();
@@ -238,6 +247,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                     token_type_embeddings: embedding(config.type_vocab_size),
                     layer_norm: layer_norm(),
                     dropout: hidden_dropout.clone(),
+                    layer_norm_eps: config.layer_norm_eps,
                 },
                 layers,
             },

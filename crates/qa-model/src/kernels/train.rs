@@ -1,0 +1,748 @@
+//! The `Autodiff<Flex>` + f32 path: training on the CPU.
+//!
+//! Under autodiff, burn 0.21 records every elementary operation of a layer (a linear layer is a
+//! broadcast weight, a matrix product and a bias add; attention a dozen reshapes, transposes and
+//! a softmax; dropout a mask drawn one number at a time on one thread) and runs their backward
+//! passes one by one. Here each layer is one autodiff operation with its own backward pass, both
+//! built from the f32 routines of [`super::flex`] and [`super::math`]: the same arithmetic as the
+//! inference path, multi-threaded, without the copies.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::backend::{Backend, BackendTypes};
+use burn::tensor::{Bool, DType, Distribution, Tensor, TensorMetadata, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::flex::{
+    AttentionShape, CHUNK, Mat, attention_backward_f32, attention_f32, f32_tensor, f32s, host_mask,
+    linear_f32, matmul,
+};
+use super::math::{self, DropoutMask};
+
+type Ad = Autodiff<Flex>;
+/// The float tensor of `Autodiff<Flex>`: a `FlexTensor` and its node in the autodiff graph.
+type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
+
+fn is_ad_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Ad>()
+}
+
+/// The tensor as an `Autodiff<Flex>` primitive when `B` is `Autodiff<Flex>` and it is f32.
+fn ad_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<AdTensor, Tensor<B, D>> {
+    if !is_ad_flex::<B>() || t.dtype() != DType::F32 {
+        return Err(t);
+    }
+    let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
+    Ok(*primitive
+        .downcast::<AdTensor>()
+        .expect("B is Autodiff<Flex>, so its float primitive is AutodiffTensor<Flex>"))
+}
+
+fn from_ad<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
+    let primitive: Box<dyn Any> = Box::new(t);
+    let primitive = *primitive
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("B is Autodiff<Flex>, so its float primitive is AutodiffTensor<Flex>");
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// Registers `output`, computed from `parents`, in the graph with `backward` and its state
+/// (the state is only built when some parent needs a gradient).
+fn record<const N: usize, Op: Backward<Flex, N>>(
+    op: Op,
+    parents: [&AdTensor; N],
+    state: impl FnOnce() -> Op::State,
+    output: FlexTensor,
+) -> AdTensor {
+    match op
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
+    t.shape().dims::<D>()
+}
+
+/// The incoming gradient of `node`, contiguous.
+fn output_grad<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> FlexTensor {
+    grads.consume::<Flex>(&ops.node).to_contiguous()
+}
+
+/// `values` with `f` applied in parallel chunks of [`CHUNK`] elements, in place when `t` is the
+/// only owner of its buffer. `f` gets the chunk and the index of its first element.
+fn map_chunks(t: FlexTensor, f: impl Fn(&mut [f32], usize) + Sync) -> FlexTensor {
+    let mut t = t.to_contiguous();
+    if let Some(values) = t.try_storage_mut::<f32>() {
+        values
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| f(c, i * CHUNK));
+        return t;
+    }
+    let shape = t.shape();
+    let mut values = f32s(&t).to_vec();
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| f(c, i * CHUNK));
+    FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 3> for LinearBackward {
+    /// x `[m, k]` and W `[k, n]`, contiguous.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = output_grad(&ops, grads);
+        let (x, weight) = &ops.state;
+        let [m, k] = dims(x);
+        let [_, n] = dims(weight);
+        let (x, weight, dy_v) = (f32s(x), f32s(weight), f32s(&dy));
+        let [x_node, w_node, b_node] = &ops.parents;
+        let product = |shape: [usize; 3], a: Mat, b: Mat| {
+            let [rows, _, cols] = shape;
+            let mut out = Vec::<f32>::with_capacity(rows * cols);
+            // SAFETY: the callers' strides describe x [m, k], W [k, n] and dy [m, n] (or their
+            // transposes) within their slices; out has room for [rows, cols] and is only written.
+            unsafe {
+                matmul(shape, out.as_mut_ptr(), cols, false, a, b, 1.0, true);
+                out.set_len(rows * cols);
+            }
+            out
+        };
+        if let Some(node) = x_node {
+            // dx = dy Wᵀ
+            let dx = product(
+                [m, n, k],
+                Mat::rows(dy_v.as_ptr(), n),
+                Mat::transposed(weight.as_ptr(), n),
+            );
+            grads.register::<Flex>(node.id, f32_tensor(dx, [m, k]));
+        }
+        if let Some(node) = w_node {
+            // dW = xᵀ dy
+            let dw = product(
+                [k, m, n],
+                Mat::transposed(x.as_ptr(), k),
+                Mat::rows(dy_v.as_ptr(), n),
+            );
+            grads.register::<Flex>(node.id, f32_tensor(dw, [k, n]));
+        }
+        if let Some(node) = b_node {
+            grads.register::<Flex>(node.id, f32_tensor(column_sums(dy_v, n), [n]));
+        }
+    }
+}
+
+/// Sums of the columns of a row-major matrix with `width` columns, in parallel over row blocks.
+fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
+    let rows_per_task = (CHUNK / width).max(1);
+    values
+        .par_chunks(rows_per_task * width)
+        .map(|block| {
+            let mut acc = vec![0.0f32; width];
+            for row in block.chunks_exact(width) {
+                for (a, &x) in acc.iter_mut().zip(row) {
+                    *a += x;
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![0.0f32; width],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+                a
+            },
+        )
+}
+
+/// `x W + b` for `x: [m, k]` as one autodiff operation (layers without a bias take burn's path).
+pub(super) fn linear<B: Backend>(
+    layer: &Linear<B>,
+    x: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let Some(bias) = &layer.bias else {
+        return Err(x);
+    };
+    let (weight, bias) = (layer.weight.val(), bias.val());
+    if weight.dtype() != DType::F32 || bias.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let x = ad_tensor(x)?;
+    let weight = ad_tensor(weight).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let bias = ad_tensor(bias).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let (xs, ws, bs) = (
+        x.primitive.to_contiguous(),
+        weight.primitive.to_contiguous(),
+        bias.primitive.to_contiguous(),
+    );
+    let [m, k] = dims(&xs);
+    let [_, n] = dims(&ws);
+    let y = linear_f32([m, k, n], f32s(&xs), f32s(&ws), Some(f32s(&bs)));
+    Ok(from_ad(record(
+        LinearBackward,
+        [&x, &weight, &bias],
+        || (xs, ws),
+        f32_tensor(y, [m, n]),
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    /// The input, contiguous.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = output_grad(&ops, grads);
+        let [Some(node)] = &ops.parents else {
+            return;
+        };
+        let x = f32s(&ops.state);
+        let dx = map_chunks(dy, |d, at| math::gelu_grad(&x[at..at + d.len()], d));
+        grads.register::<Flex>(node.id, dx);
+    }
+}
+
+pub(super) fn gelu<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let x = ad_tensor(x)?;
+    let input = x.primitive.to_contiguous();
+    let mut y = f32s(&input).to_vec();
+    y.par_chunks_mut(CHUNK).for_each(math::gelu_in_place);
+    let y = FlexTensor::from_data(burn::tensor::TensorData::new(y, input.shape()));
+    Ok(from_ad(record(GeluBackward, [&x], || input, y)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl Backward<Flex, 1> for DropoutBackward {
+    type State = DropoutMask;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = output_grad(&ops, grads);
+        let [Some(node)] = &ops.parents else {
+            return;
+        };
+        let mask = ops.state;
+        let dx = map_chunks(dy, |d, at| mask.apply(d, at as u64));
+        grads.register::<Flex>(node.id, dx);
+    }
+}
+
+/// A dropout key drawn from the backend's generator, so `B::seed` decides the masks as it
+/// decides burn's own.
+fn dropout_key() -> u64 {
+    let draws: Vec<f32> =
+        Tensor::<Flex, 1>::random([4], Distribution::Uniform(0.0, 1.0), &Default::default())
+            .into_data()
+            .to_vec()
+            .expect("f32 draws");
+    draws.iter().fold(0x9E37_79B9_7F4A_7C15u64, |key, d| {
+        (key ^ u64::from(d.to_bits())).wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+pub(super) fn dropout<B: Backend, const D: usize>(
+    prob: f64,
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !is_ad_flex::<B>() {
+        return Err(x);
+    }
+    dropout_with(DropoutMask::new(prob, dropout_key()), x)
+}
+
+fn dropout_with<B: Backend, const D: usize>(
+    mask: DropoutMask,
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let x = ad_tensor(x)?;
+    let y = map_chunks(x.primitive.clone(), |c, at| mask.apply(c, at as u64));
+    Ok(from_ad(record(DropoutBackward, [&x], || mask, y)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer normalisation
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    /// The normalised input `x̂`, `[rows, width]`.
+    x_hat: Arc<Vec<f32>>,
+    /// `1/σ` per row.
+    inv_std: Arc<Vec<f32>>,
+    gamma: FlexTensor,
+    shape: burn::tensor::Shape,
+}
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = output_grad(&ops, grads);
+        let state = &ops.state;
+        let gamma = f32s(&state.gamma);
+        let width = gamma.len();
+        let dy = f32s(&dy);
+        let rows_per_task = (CHUNK / width).max(1);
+        let mut dx = vec![0.0f32; dy.len()];
+        let (d_gamma, d_beta) = dx
+            .par_chunks_mut(rows_per_task * width)
+            .zip(dy.par_chunks(rows_per_task * width))
+            .zip(state.x_hat.par_chunks(rows_per_task * width))
+            .zip(state.inv_std.par_chunks(rows_per_task))
+            .map(|(((dx, dy), x_hat), inv_std)| {
+                let (mut dg, mut db) = (vec![0.0f32; width], vec![0.0f32; width]);
+                math::layer_norm_backward(dy, x_hat, inv_std, gamma, dx, &mut dg, &mut db);
+                (dg, db)
+            })
+            .reduce(
+                || (vec![0.0f32; width], vec![0.0f32; width]),
+                |(mut g, mut b), (g2, b2)| {
+                    g.iter_mut().zip(g2).for_each(|(a, x)| *a += x);
+                    b.iter_mut().zip(b2).for_each(|(a, x)| *a += x);
+                    (g, b)
+                },
+            );
+        let [x_node, g_node, b_node] = &ops.parents;
+        if let Some(node) = x_node {
+            let dx = FlexTensor::from_data(burn::tensor::TensorData::new(dx, state.shape.clone()));
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let Some(node) = g_node {
+            grads.register::<Flex>(node.id, f32_tensor(d_gamma, [width]));
+        }
+        if let Some(node) = b_node {
+            grads.register::<Flex>(node.id, f32_tensor(d_beta, [width]));
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension as one autodiff operation (layers without β take
+/// burn's path).
+pub(super) fn layer_norm<B: Backend, const D: usize>(
+    layer: &LayerNorm<B>,
+    x: Tensor<B, D>,
+    eps: f64,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let Some(beta) = &layer.beta else {
+        return Err(x);
+    };
+    let (gamma, beta) = (layer.gamma.val(), beta.val());
+    if gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let x = ad_tensor(x)?;
+    let gamma = ad_tensor(gamma).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let beta = ad_tensor(beta).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let (xs, gs, bs) = (
+        x.primitive.to_contiguous(),
+        gamma.primitive.to_contiguous(),
+        beta.primitive.to_contiguous(),
+    );
+    let shape = xs.shape();
+    let (xv, gv, bv) = (f32s(&xs), f32s(&gs), f32s(&bs));
+    let width = gv.len();
+    let rows = xv.len() / width;
+    let rows_per_task = (CHUNK / width).max(1);
+    let (mut y, mut x_hat, mut inv_std) = (
+        vec![0.0f32; xv.len()],
+        vec![0.0f32; xv.len()],
+        vec![0.0f32; rows],
+    );
+    y.par_chunks_mut(rows_per_task * width)
+        .zip(x_hat.par_chunks_mut(rows_per_task * width))
+        .zip(inv_std.par_chunks_mut(rows_per_task))
+        .zip(xv.par_chunks(rows_per_task * width))
+        .for_each(|(((y, x_hat), inv_std), x)| {
+            math::layer_norm(x, gv, bv, eps as f32, y, x_hat, inv_std)
+        });
+    let y = FlexTensor::from_data(burn::tensor::TensorData::new(y, shape.clone()));
+    let state = || LayerNormState {
+        x_hat: Arc::new(x_hat),
+        inv_std: Arc::new(inv_std),
+        gamma: gs,
+        shape,
+    };
+    Ok(from_ad(record(
+        LayerNormBackward,
+        [&x, &gamma, &beta],
+        state,
+        y,
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+#[derive(Clone)]
+struct AttentionState {
+    shape: AttentionShape,
+    qkv: [FlexTensor; 3],
+    /// Softmax output before dropout, `[batch, heads, seq, seq]`.
+    probs: Arc<Vec<f32>>,
+    dropout: Option<DropoutMask>,
+}
+
+impl std::fmt::Debug for AttentionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttentionState")
+            .field("shape", &self.shape)
+            .field("dropout", &self.dropout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let d_context = output_grad(&ops, grads);
+        let s = &ops.state;
+        let [q, k, v] = s.qkv.each_ref().map(f32s);
+        let dqkv = attention_backward_f32(
+            s.shape,
+            [q, k, v],
+            &s.probs,
+            s.dropout.as_ref(),
+            f32s(&d_context),
+        );
+        let shape = [s.shape.batch, s.shape.seq, s.shape.hidden];
+        for (node, grad) in ops.parents.iter().zip(dqkv) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, f32_tensor(grad, shape));
+            }
+        }
+    }
+}
+
+/// Multi-head attention with dropout on the probabilities, as one autodiff operation.
+pub(super) fn attention<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    padding: Option<&Tensor<B, 2, Bool>>,
+    heads: usize,
+    dropout_prob: f64,
+) -> Option<Tensor<B, 3>> {
+    if !is_ad_flex::<B>() {
+        return None;
+    }
+    let dropout = (dropout_prob > 0.0).then(|| DropoutMask::new(dropout_prob, dropout_key()));
+    attention_with(q, k, v, padding, heads, dropout)
+}
+
+fn attention_with<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    padding: Option<&Tensor<B, 2, Bool>>,
+    heads: usize,
+    dropout: Option<DropoutMask>,
+) -> Option<Tensor<B, 3>> {
+    let [batch, seq, hidden] = q.dims();
+    let (q, k, v) = (
+        ad_tensor(q.clone()).ok()?,
+        ad_tensor(k.clone()).ok()?,
+        ad_tensor(v.clone()).ok()?,
+    );
+    let qkv = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
+    let padding = padding.map(host_mask);
+    let shape = AttentionShape::new(batch, seq, hidden, heads);
+    let [qs, ks, vs] = qkv.each_ref().map(f32s);
+    let (context, probs) = attention_f32(
+        shape,
+        [qs, ks, vs],
+        padding.as_deref(),
+        dropout.as_ref(),
+        true,
+    );
+    let state = || AttentionState {
+        shape,
+        qkv,
+        probs: Arc::new(probs),
+        dropout,
+    };
+    Some(from_ad(record(
+        AttentionBackward,
+        [&q, &k, &v],
+        state,
+        f32_tensor(context, [batch, seq, hidden]),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each operation against burn's own composition of the same mathematics on
+    //! `Autodiff<Flex>`: outputs and every gradient.
+
+    use burn::nn::{LayerNormConfig, LinearConfig};
+    use burn::tensor::TensorData;
+    use burn::tensor::activation::{gelu as burn_gelu, softmax};
+
+    use super::*;
+
+    type B = Ad;
+
+    fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+        t.into_data().to_vec().unwrap()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= tol, "{what}: max abs difference {worst}");
+    }
+
+    /// `Σ y ∘ r` for a fixed random `r`: a loss whose gradient reaches every output element.
+    fn weighted_sum<const D: usize>(y: Tensor<B, D>, r: &Tensor<B, D>) -> Tensor<B, 1> {
+        (y * r.clone()).sum()
+    }
+
+    /// Runs `f` on fresh leaves made from `inputs` and returns its output and the gradients
+    /// of the weighted sum with respect to every input.
+    fn output_and_grads<const D: usize, const O: usize>(
+        inputs: &[Tensor<B, D>],
+        r: &Tensor<B, O>,
+        f: impl Fn(&[Tensor<B, D>]) -> Tensor<B, O>,
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let leaves: Vec<_> = inputs
+            .iter()
+            .map(|t| t.clone().detach().require_grad())
+            .collect();
+        let y = f(&leaves);
+        let grads = weighted_sum(y.clone(), r).backward();
+        let grads = leaves
+            .iter()
+            .map(|l| values(l.grad(&grads).unwrap()))
+            .collect();
+        (values(y), grads)
+    }
+
+    #[test]
+    fn linear_forward_and_gradients_match_burn() {
+        let layer = LinearConfig::new(24, 40).init::<B>(&Default::default());
+        let x = random([37, 24]);
+        let r = random([37, 40]);
+        let (want_y, want) = output_and_grads(std::slice::from_ref(&x), &r, |t| {
+            layer.forward(t[0].clone())
+        });
+        let (got_y, got) = output_and_grads(&[x], &r, |t| {
+            linear(&layer, t[0].clone()).unwrap_or_else(|_| panic!("not taken"))
+        });
+        assert_close(&got_y, &want_y, 1e-5, "output");
+        assert_close(&got[0], &want[0], 1e-5, "dx");
+
+        // Parameter gradients, through the module.
+        let grads_of = |y: Tensor<B, 2>| {
+            let g = weighted_sum(y, &r).backward();
+            let w = values(layer.weight.val().grad(&g).unwrap());
+            let b = values(layer.bias.as_ref().unwrap().val().grad(&g).unwrap());
+            (w, b)
+        };
+        let x = random([37, 24]);
+        let (want_w, want_b) = grads_of(layer.forward(x.clone()));
+        let (got_w, got_b) = grads_of(linear(&layer, x).unwrap_or_else(|_| panic!()));
+        assert_close(&got_w, &want_w, 1e-4, "dW");
+        assert_close(&got_b, &want_b, 1e-4, "db");
+    }
+
+    #[test]
+    fn gelu_forward_and_gradient_match_burn() {
+        let x = random([5, 333]) * 3.0;
+        let r = random([5, 333]);
+        let (want_y, want) =
+            output_and_grads(std::slice::from_ref(&x), &r, |t| burn_gelu(t[0].clone()));
+        let (got_y, got) = output_and_grads(&[x], &r, |t| {
+            gelu(t[0].clone()).unwrap_or_else(|_| panic!("not taken"))
+        });
+        assert_close(&got_y, &want_y, 1e-5, "output");
+        assert_close(&got[0], &want[0], 1e-5, "dx");
+    }
+
+    #[test]
+    fn layer_norm_forward_and_gradients_match_burn() {
+        let eps = 1e-12;
+        let mut layer = LayerNormConfig::new(48)
+            .with_epsilon(eps)
+            .init::<B>(&Default::default());
+        // γ and β away from their initial ones and zeros, so their gradients matter.
+        layer.gamma = layer.gamma.map(|g| g + random([48]) * 0.5);
+        layer.beta = layer.beta.map(|b| b.map(|b| b + random([48])));
+        let x = random([3, 11, 48]) * 2.0 + 1.0;
+        let r = random([3, 11, 48]);
+        let (want_y, want) = output_and_grads(std::slice::from_ref(&x), &r, |t| {
+            layer.forward(t[0].clone())
+        });
+        let (got_y, got) = output_and_grads(std::slice::from_ref(&x), &r, |t| {
+            layer_norm(&layer, t[0].clone(), eps).unwrap_or_else(|_| panic!("not taken"))
+        });
+        assert_close(&got_y, &want_y, 1e-5, "output");
+        assert_close(&got[0], &want[0], 1e-4, "dx");
+
+        let param_grads = |y: Tensor<B, 3>| {
+            let g = weighted_sum(y, &r).backward();
+            let gamma = values(layer.gamma.val().grad(&g).unwrap());
+            let beta = values(layer.beta.as_ref().unwrap().val().grad(&g).unwrap());
+            (gamma, beta)
+        };
+        let (want_g, want_b) = param_grads(layer.forward(x.clone()));
+        let (got_g, got_b) = param_grads(layer_norm(&layer, x, eps).unwrap_or_else(|_| panic!()));
+        assert_close(&got_g, &want_g, 1e-4, "dγ");
+        assert_close(&got_b, &want_b, 1e-4, "dβ");
+    }
+
+    /// Attention spelled out in burn operations, with an explicit (already scaled) dropout
+    /// multiplier on the probabilities.
+    fn reference_attention(
+        qkv: &[Tensor<B, 3>],
+        padding: Option<&Tensor<B, 2, Bool>>,
+        heads: usize,
+        dropout: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = qkv[0].dims();
+        let head_dim = hidden / heads;
+        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+        let scores = split(qkv[0].clone()).matmul(split(qkv[1].clone()).swap_dims(2, 3))
+            / (head_dim as f64).sqrt();
+        let scores = match padding {
+            Some(p) => scores.mask_fill(
+                p.clone()
+                    .reshape([batch, 1, 1, seq])
+                    .expand([batch, heads, seq, seq]),
+                f32::NEG_INFINITY,
+            ),
+            None => scores,
+        };
+        let mut probs = softmax(scores, 3);
+        if let Some(d) = dropout {
+            probs = probs * d;
+        }
+        probs
+            .matmul(split(qkv[2].clone()))
+            .swap_dims(1, 2)
+            .reshape([batch, seq, hidden])
+    }
+
+    #[test]
+    fn attention_forward_and_gradients_match_burn_with_padding_and_dropout() {
+        let (batch, seq, heads, head_dim) = (2, 9, 3, 8);
+        let hidden = heads * head_dim;
+        let qkv: Vec<_> = (0..3).map(|_| random([batch, seq, hidden])).collect();
+        let r = random([batch, seq, hidden]);
+        let padded: Vec<bool> = (0..batch * seq).map(|i| i >= seq + 5).collect();
+        let padding = Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(padded, [batch, seq]),
+            &Default::default(),
+        );
+        let prob = 0.3;
+        for (padding, prob) in [(None, 0.0), (Some(&padding), 0.0), (Some(&padding), prob)] {
+            let dropout = (prob > 0.0).then(|| DropoutMask::new(prob, 0x5EED));
+            let mask = dropout.map(|mask| {
+                let scale = 1.0 / (1.0 - prob as f32);
+                let m: Vec<f32> = (0..batch * heads * seq * seq)
+                    .map(|i| if mask.keeps(i as u32) { scale } else { 0.0 })
+                    .collect();
+                Tensor::<B, 4>::from_data(
+                    TensorData::new(m, [batch, heads, seq, seq]),
+                    &Default::default(),
+                )
+            });
+            let dropped = mask.as_ref().map(|m| {
+                let zeros: f32 = values(m.clone().equal_elem(0.0).float().sum())[0];
+                zeros / m.dims().iter().product::<usize>() as f32
+            });
+            if let Some(share) = dropped {
+                assert!((share - prob as f32).abs() < 0.1, "dropped {share}");
+            }
+            let (want_y, want) = output_and_grads(&qkv, &r, |t| {
+                reference_attention(t, padding, heads, mask.clone())
+            });
+            let (got_y, got) = output_and_grads(&qkv, &r, |t| {
+                attention_with(&t[0], &t[1], &t[2], padding, heads, dropout).expect("taken")
+            });
+            assert_close(&got_y, &want_y, 1e-5, "output");
+            for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+                assert_close(g, w, 1e-5, name);
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_keeps_the_expected_share_and_its_gradient_follows_the_mask() {
+        let prob = 0.1;
+        let x = random([64, 1000]);
+        let r = random([64, 1000]);
+        let (y, grads) = output_and_grads(std::slice::from_ref(&x), &r, |t| {
+            dropout_with(DropoutMask::new(prob, 3), t[0].clone())
+                .unwrap_or_else(|_| panic!("not taken"))
+        });
+        let (x, r) = (values(x), values(r));
+        let scale = 1.0 / (1.0 - prob as f32);
+        let mut dropped = 0usize;
+        for i in 0..x.len() {
+            if y[i] == 0.0 {
+                dropped += 1;
+                assert_eq!(grads[0][i], 0.0);
+            } else {
+                assert!((y[i] - x[i] * scale).abs() < 1e-6);
+                assert!((grads[0][i] - r[i] * scale).abs() < 1e-6);
+            }
+        }
+        let share = dropped as f64 / x.len() as f64;
+        assert!((share - prob).abs() < 0.005, "dropped {share}");
+
+        // The same key gives the same mask, another key another.
+        let again = |key| {
+            let ones = Tensor::<B, 2>::ones([64, 1000], &Default::default());
+            values(dropout_with(DropoutMask::new(prob, key), ones).unwrap_or_else(|_| panic!()))
+        };
+        assert_eq!(again(5), again(5));
+        assert_ne!(again(5), again(6));
+    }
+}
