@@ -76,6 +76,12 @@ pub fn run(config_path: &Path, overrides: &[String], mirror: Option<&str>) -> an
             })
             .flat_map(|(k, v)| [format!("--{}", k.replace('_', "-")), v])
             .collect();
+        // The baseline's span head is drawn with the training's seed: the very model training
+        // started from.
+        let seed: Vec<String> = table
+            .get("manual_seed")
+            .map(|v| vec!["--seed".into(), v.to_string().trim_matches('"').to_string()])
+            .unwrap_or_default();
         let best = PathBuf::from(
             summary["best_model_dir"]
                 .as_str()
@@ -104,7 +110,8 @@ pub fn run(config_path: &Path, overrides: &[String], mirror: Option<&str>) -> an
                 .arg(&dir)
                 .arg("--output-dir")
                 .arg(&out)
-                .args(&window);
+                .args(&window)
+                .args(&seed);
             let scores = run_json(&mut cmd)?;
             rows.push((label, scores));
         }

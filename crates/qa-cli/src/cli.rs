@@ -112,6 +112,10 @@ pub struct EvaluateArgs {
     pub max_answer_length: usize,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Seeds the span head drawn for a model without one (a base encoder), as training's
+    /// manual_seed does: the same seed gives the same untrained baseline.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// Print JSON.

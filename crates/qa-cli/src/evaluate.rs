@@ -79,7 +79,15 @@ impl OnBackend for ModelEvaluation<'_> {
             .output_dir
             .as_ref()
             .context("--model needs --output-dir for the prediction files")?;
+        // A model without a span head gets one drawn from the backend's generator.
+        B::seed(&device, args.seed);
         let loaded = qa_model::load_model::<B>(model_dir, &device)?;
+        if loaded.report.head_initialized {
+            eprintln!(
+                "{} (seed {}): these are the scores of an untrained span head",
+                loaded.report, args.seed
+            );
+        }
         let tokenizer = QaTokenizer::from_path(model_dir, Casing::Auto)?;
         let window = args.window.config();
         if window.max_seq_length > loaded.config.max_position_embeddings {

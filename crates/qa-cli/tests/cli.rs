@@ -479,3 +479,56 @@ fn chat_page_works_in_headless_chromium() {
     assert!(dom.contains("% confident"), "{dom}");
     assert!(dom.contains("<mark>"), "{dom}");
 }
+
+/// The tiny model without its span head (and without the burn record beside the weights), as a
+/// base encoder checkpoint comes.
+fn tiny_encoder(dir: &Path) -> PathBuf {
+    let model_dir = tiny_model(dir);
+    std::fs::remove_file(model_dir.join(qa_model::hf::BURN_RECORD_FILE)).unwrap();
+    let file = model_dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("qa_outputs."))
+        .collect();
+    assert!(kept.len() < tensors.len(), "the tiny model had a head");
+    safetensors::serialize_to_file(kept, None, &file).unwrap();
+    model_dir
+}
+
+#[test]
+fn evaluate_draws_a_missing_head_from_the_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let nbest = |seed: &str, out: &str| {
+        let out_dir = dir.path().join(out);
+        let result = run(qa()
+            .args(["evaluate", "--device", "cpu", "--max-seq-length", "64"])
+            .args([
+                "--doc-stride",
+                "16",
+                "--max-query-length",
+                "16",
+                "--seed",
+                seed,
+            ])
+            .arg("--data")
+            .arg(repo().join("datasets/test.json"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--output-dir")
+            .arg(&out_dir));
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert!(
+            stderr(&result).contains("initialised a new one"),
+            "{}",
+            stderr(&result)
+        );
+        std::fs::read_to_string(out_dir.join("nbest_predictions.json")).unwrap()
+    };
+    let first = nbest("3", "a");
+    assert_eq!(first, nbest("3", "b"), "same seed, same head");
+    assert_ne!(first, nbest("4", "c"), "another seed, another head");
+}
