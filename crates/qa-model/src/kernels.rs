@@ -128,6 +128,41 @@ pub fn layer_norm<B: Backend, const D: usize>(
     layer.forward(x)
 }
 
+/// A tensor's float primitive as the concrete type `P` when backend `B` is `Target` and the tensor
+/// is f32, and back: how [`flex`] and [`train`] step out of the generic code. `P` must be
+/// `Target`'s float primitive.
+#[cfg(feature = "flex")]
+mod primitive {
+    use std::any::{Any, TypeId};
+
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{DType, Tensor, TensorPrimitive};
+
+    pub fn is<B: Backend, Target: 'static>() -> bool {
+        TypeId::of::<B>() == TypeId::of::<Target>()
+    }
+
+    pub fn take<B: Backend, Target: 'static, P: 'static, const D: usize>(
+        t: Tensor<B, D>,
+    ) -> Result<P, Tensor<B, D>> {
+        if !is::<B, Target>() || t.dtype() != DType::F32 {
+            return Err(t);
+        }
+        let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
+        Ok(*primitive
+            .downcast::<P>()
+            .expect("B is Target, so its float primitive is P"))
+    }
+
+    pub fn give<B: Backend, P: 'static, const D: usize>(t: P) -> Tensor<B, D> {
+        let primitive: Box<dyn Any> = Box::new(t);
+        let primitive = *primitive
+            .downcast::<B::FloatTensorPrimitive>()
+            .expect("B's float primitive is P");
+        Tensor::from_primitive(TensorPrimitive::Float(primitive))
+    }
+}
+
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]

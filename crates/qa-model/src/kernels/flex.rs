@@ -1,38 +1,27 @@
-//! The `Flex` + f32 path for inference. Backend generics are resolved by `TypeId`: the model stays generic
-//! over `Backend`, and only tensors that really are `FlexTensor`s take this path.
-
-use std::any::{Any, TypeId};
+//! The `Flex` + f32 path for inference, and the f32 routines the training path shares. Backend
+//! generics are resolved by `TypeId`: the model stays generic over `Backend`, and only tensors that
+//! really are `FlexTensor`s take this path.
 
 use burn::backend::Flex;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::math;
+use super::{math, primitive};
 
 fn is_flex<B: Backend>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<Flex>()
+    primitive::is::<B, Flex>()
 }
 
 /// The tensor's storage when `B` is `Flex` and the tensor is f32.
 fn flex_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>> {
-    if !is_flex::<B>() || t.dtype() != DType::F32 {
-        return Err(t);
-    }
-    let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
-    Ok(*primitive
-        .downcast::<FlexTensor>()
-        .expect("B is Flex, so its float primitive is FlexTensor"))
+    primitive::take::<B, Flex, FlexTensor, D>(t)
 }
 
 fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-    let primitive: Box<dyn Any> = Box::new(t);
-    let primitive = *primitive
-        .downcast::<B::FloatTensorPrimitive>()
-        .expect("B is Flex, so its float primitive is FlexTensor");
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+    primitive::give(t)
 }
 
 pub(super) fn gelu<B: Backend, const D: usize>(

@@ -7,7 +7,6 @@
 //! built from the f32 routines of [`super::flex`] and [`super::math`]: the same arithmetic as the
 //! inference path, multi-threaded, without the copies.
 
-use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -17,7 +16,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::backend::{Backend, BackendTypes};
-use burn::tensor::{Bool, DType, Distribution, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Bool, DType, Distribution, Tensor, TensorMetadata};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -26,32 +25,46 @@ use super::flex::{
     linear_f32, matmul,
 };
 use super::math::{self, DropoutMask};
+use super::primitive;
 
 type Ad = Autodiff<Flex>;
 /// The float tensor of `Autodiff<Flex>`: a `FlexTensor` and its node in the autodiff graph.
 type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
 
 fn is_ad_flex<B: Backend>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<Ad>()
+    primitive::is::<B, Ad>()
 }
 
 /// The tensor as an `Autodiff<Flex>` primitive when `B` is `Autodiff<Flex>` and it is f32.
 fn ad_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<AdTensor, Tensor<B, D>> {
-    if !is_ad_flex::<B>() || t.dtype() != DType::F32 {
-        return Err(t);
-    }
-    let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
-    Ok(*primitive
-        .downcast::<AdTensor>()
-        .expect("B is Autodiff<Flex>, so its float primitive is AutodiffTensor<Flex>"))
+    primitive::take::<B, Ad, AdTensor, D>(t)
 }
 
 fn from_ad<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
-    let primitive: Box<dyn Any> = Box::new(t);
-    let primitive = *primitive
-        .downcast::<B::FloatTensorPrimitive>()
-        .expect("B is Autodiff<Flex>, so its float primitive is AutodiffTensor<Flex>");
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+    primitive::give(t)
+}
+
+/// An input and two f32 parameters of a layer as `Autodiff<Flex>` tensors, with their values
+/// made contiguous; the input back when the backend or a dtype is another.
+struct Operands {
+    tensors: [AdTensor; 3],
+    values: [FlexTensor; 3],
+}
+
+fn operands<B: Backend, const D: usize, const P: usize, const Q: usize>(
+    x: Tensor<B, D>,
+    a: Tensor<B, P>,
+    b: Tensor<B, Q>,
+) -> Result<Operands, Tensor<B, D>> {
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let x = ad_tensor(x)?;
+    let a = ad_tensor(a).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let b = ad_tensor(b).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let tensors = [x, a, b];
+    let values = tensors.each_ref().map(|t| t.primitive.to_contiguous());
+    Ok(Operands { tensors, values })
 }
 
 /// Registers `output`, computed from `parents`, in the graph with `backward` and its state
@@ -186,18 +199,10 @@ pub(super) fn linear<B: Backend>(
     let Some(bias) = &layer.bias else {
         return Err(x);
     };
-    let (weight, bias) = (layer.weight.val(), bias.val());
-    if weight.dtype() != DType::F32 || bias.dtype() != DType::F32 {
-        return Err(x);
-    }
-    let x = ad_tensor(x)?;
-    let weight = ad_tensor(weight).unwrap_or_else(|_| unreachable!("B and dtype checked"));
-    let bias = ad_tensor(bias).unwrap_or_else(|_| unreachable!("B and dtype checked"));
-    let (xs, ws, bs) = (
-        x.primitive.to_contiguous(),
-        weight.primitive.to_contiguous(),
-        bias.primitive.to_contiguous(),
-    );
+    let Operands {
+        tensors: [x, weight, bias],
+        values: [xs, ws, bs],
+    } = operands(x, layer.weight.val(), bias.val())?;
     let [m, k] = dims(&xs);
     let [_, n] = dims(&ws);
     let y = linear_f32([m, k, n], f32s(&xs), f32s(&ws), Some(f32s(&bs)));
@@ -362,18 +367,10 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(
     let Some(beta) = &layer.beta else {
         return Err(x);
     };
-    let (gamma, beta) = (layer.gamma.val(), beta.val());
-    if gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 {
-        return Err(x);
-    }
-    let x = ad_tensor(x)?;
-    let gamma = ad_tensor(gamma).unwrap_or_else(|_| unreachable!("B and dtype checked"));
-    let beta = ad_tensor(beta).unwrap_or_else(|_| unreachable!("B and dtype checked"));
-    let (xs, gs, bs) = (
-        x.primitive.to_contiguous(),
-        gamma.primitive.to_contiguous(),
-        beta.primitive.to_contiguous(),
-    );
+    let Operands {
+        tensors: [x, gamma, beta],
+        values: [xs, gs, bs],
+    } = operands(x, layer.gamma.val(), beta.val())?;
     let shape = xs.shape();
     let (xv, gv, bv) = (f32s(&xs), f32s(&gs), f32s(&bs));
     let width = gv.len();
