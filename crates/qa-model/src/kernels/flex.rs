@@ -27,19 +27,32 @@ fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
 pub(super) fn gelu<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    // Contiguous over its whole buffer, and the only owner of it when the caller was (the
-    // view `flex_tensor` gave is dropped here): then the activation is computed in place.
-    let mut x = flex_tensor(x)?.to_contiguous();
-    match x.try_storage_mut::<f32>() {
-        Some(values) => values.par_chunks_mut(CHUNK).for_each(math::gelu_in_place),
-        None => {
-            let shape = x.layout().shape().clone();
-            let mut values = x.as_slice::<f32>().expect("contiguous f32").to_vec();
-            values.par_chunks_mut(CHUNK).for_each(math::gelu_in_place);
-            x = FlexTensor::from_data(TensorData::new(values, shape));
-        }
-    }
+    // In place when the caller held the only reference (the view `flex_tensor` gave is moved).
+    let x = map_chunks(flex_tensor(x)?, |values, _| math::gelu_in_place(values));
     Ok(from_flex(x))
+}
+
+/// `t` with `f` applied to its values in parallel chunks of [`CHUNK`] elements; `f` also gets the
+/// index of the chunk's first element. In place when `t` owns its buffer alone and covers all of
+/// it (a view into part of a buffer, even an unshared one, must leave the rest alone and count
+/// its indices from its own start), on a copy otherwise.
+pub(super) fn map_chunks(t: FlexTensor, f: impl Fn(&mut [f32], usize) + Sync) -> FlexTensor {
+    let mut t = t.to_contiguous();
+    let whole_buffer = t.layout().contiguous_offsets() == Some((0, t.storage::<f32>().len()));
+    if whole_buffer && let Some(values) = t.try_storage_mut::<f32>() {
+        values
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| f(c, i * CHUNK));
+        return t;
+    }
+    let shape = t.layout().shape().clone();
+    let mut values = f32s(&t).to_vec();
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| f(c, i * CHUNK));
+    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// `x W + b` for `x: [m, k]`, `W: [k, n]`, through [`linear_f32`].
@@ -491,4 +504,33 @@ pub(super) fn attention_backward_f32(
         unsafe { g.set_len(len) };
     }
     grads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each value becomes its own index within the tensor, so a chunk's offset shows.
+    fn indices(t: FlexTensor) -> Vec<f32> {
+        let t = map_chunks(t, |values, at| {
+            for (i, v) in values.iter_mut().enumerate() {
+                *v = (at + i) as f32;
+            }
+        });
+        f32s(&t.to_contiguous()).to_vec()
+    }
+
+    #[test]
+    fn map_chunks_counts_from_the_view_and_leaves_the_rest_of_the_buffer() {
+        let len = 3 * CHUNK + 5;
+        let values: Vec<f32> = (0..2 * len).map(|i| -(i as f32)).collect();
+        let whole = f32_tensor(values, [2, len]);
+        // The second row: contiguous, at an offset, and (once `whole` is gone) unshared.
+        let row = whole.narrow(0, 1, 1);
+        drop(whole);
+        let want: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        assert_eq!(indices(row), want);
+        // A tensor that owns its whole buffer, changed in place.
+        assert_eq!(indices(f32_tensor(vec![7.0; len], [len])), want);
+    }
 }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::flex::{
     AttentionShape, CHUNK, Mat, attention_backward_f32, attention_f32, f32_tensor, f32s, host_mask,
-    linear_f32, matmul,
+    linear_f32, map_chunks, matmul,
 };
 use super::math::{self, DropoutMask};
 use super::primitive;
@@ -92,26 +92,6 @@ fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
 /// The incoming gradient of `node`, contiguous.
 fn output_grad<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> FlexTensor {
     grads.consume::<Flex>(&ops.node).to_contiguous()
-}
-
-/// `values` with `f` applied in parallel chunks of [`CHUNK`] elements, in place when `t` is the
-/// only owner of its buffer. `f` gets the chunk and the index of its first element.
-fn map_chunks(t: FlexTensor, f: impl Fn(&mut [f32], usize) + Sync) -> FlexTensor {
-    let mut t = t.to_contiguous();
-    if let Some(values) = t.try_storage_mut::<f32>() {
-        values
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, c)| f(c, i * CHUNK));
-        return t;
-    }
-    let shape = t.shape();
-    let mut values = f32s(&t).to_vec();
-    values
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(i, c)| f(c, i * CHUNK));
-    FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
 }
 
 // ---------------------------------------------------------------------------------------------
