@@ -149,7 +149,7 @@ impl Backward<Flex, 3> for LinearBackward {
 /// Sums of the columns of a row-major matrix with `width` columns, in parallel over row blocks.
 fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
     let rows_per_task = (CHUNK / width).max(1);
-    values
+    let partials: Vec<Vec<f32>> = values
         .par_chunks(rows_per_task * width)
         .map(|block| {
             let mut acc = vec![0.0f32; width];
@@ -160,15 +160,22 @@ fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
             }
             acc
         })
-        .reduce(
-            || vec![0.0f32; width],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    *a += b;
-                }
-                a
-            },
-        )
+        .collect();
+    sum_in_order(partials, width)
+}
+
+/// The element-wise sum of per-block partial sums, added in block order. Rayon's `reduce`
+/// combines partials in an order that depends on which thread stole what, and float addition is
+/// not associative: the same seed would not give the same weights twice.
+fn sum_in_order(partials: Vec<Vec<f32>>, width: usize) -> Vec<f32> {
+    partials
+        .into_iter()
+        .fold(vec![0.0f32; width], |mut acc, partial| {
+            for (a, x) in acc.iter_mut().zip(partial) {
+                *a += x;
+            }
+            acc
+        })
 }
 
 /// `x W + b` for `x: [m, k]` as one autodiff operation (layers without a bias take burn's path).
@@ -315,14 +322,8 @@ impl Backward<Flex, 3> for LayerNormBackward {
                 math::layer_norm_backward(dy, x_hat, inv_std, gamma, dx, &mut dg, &mut db);
                 (dg, db)
             })
-            .reduce(
-                || (vec![0.0f32; width], vec![0.0f32; width]),
-                |(mut g, mut b), (g2, b2)| {
-                    g.iter_mut().zip(g2).for_each(|(a, x)| *a += x);
-                    b.iter_mut().zip(b2).for_each(|(a, x)| *a += x);
-                    (g, b)
-                },
-            );
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        let (d_gamma, d_beta) = (sum_in_order(d_gamma, width), sum_in_order(d_beta, width));
         let [x_node, g_node, b_node] = &ops.parents;
         if let Some(node) = x_node {
             let dx = FlexTensor::from_data(burn::tensor::TensorData::new(dx, state.shape.clone()));
