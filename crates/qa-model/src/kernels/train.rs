@@ -227,9 +227,8 @@ pub(super) fn gelu<B: Backend, const D: usize>(
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
     let x = ad_tensor(x)?;
     let input = x.primitive.to_contiguous();
-    let mut y = f32s(&input).to_vec();
-    y.par_chunks_mut(CHUNK).for_each(math::gelu_in_place);
-    let y = FlexTensor::from_data(burn::tensor::TensorData::new(y, input.shape()));
+    // The input stays shared (backward needs it), so this maps a copy.
+    let y = map_chunks(input.clone(), |values, _| math::gelu_in_place(values));
     Ok(from_ad(record(GeluBackward, [&x], || input, y)))
 }
 
