@@ -5,7 +5,8 @@
 //! | the TOML training configuration (Simple Transformers' knob names) | [`config`] |
 //! | CUDA-or-CPU choice, probed before any backend exists | [`device`] |
 //! | features -> padded tensors, the span loss | [`batch`] |
-//! | the training loop: AdamW, warmup/decay, global-norm clipping, accumulation, evaluation, early stopping | [`trainer`] |
+//! | what burn-train's `Learner` holds: the model as a `TrainStep`, AdamW in two parameter groups, warmup then linear decay | [`learner`] |
+//! | the training loop driving the learner: global-norm clipping, accumulation, evaluation every N steps, early stopping | [`trainer`] |
 //! | crash-safe, verifiable checkpoints | [`checkpoint`] |
 //! | the metrics log and plots | [`log`] |
 //! | evaluation and question answering with a trained model | [`infer`] |
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod infer;
+pub mod learner;
 pub mod log;
 pub mod trainer;
 

@@ -1,11 +1,14 @@
 //! The training loop.
 //!
-//! Why not burn-train's `fit` loop: in burn 0.21 it validates and checkpoints per epoch only, keeps
-//! the optimizer state private to its `Learner` (so a step-level, crash-safe checkpoint cannot
-//! include it), panics on checkpoint I/O errors, and returns the last model rather than the best.
-//! This loop uses burn's autodiff, AdamW and gradient accumulator directly and adds what the
-//! original project had: evaluation every N steps with the official metrics, early stopping,
-//! best-model export, and checkpoints from which a resumed run equals an uninterrupted one.
+//! The model, optimizer and schedule live in a burn-train [`Learner`](burn::train::Learner)
+//! ([`crate::learner`]); this loop drives it one optimizer step at a time. It does not hand the
+//! learner to burn-train's `SupervisedTraining::launch`, because in burn 0.21 that loop validates
+//! and checkpoints per epoch only, keeps the optimizer state private (so a step-level,
+//! crash-safe checkpoint could not include it), panics on checkpoint I/O errors, overwrites
+//! epoch 1's metric logs after a resume (burn #1312) and returns the last model rather than the
+//! best. This loop adds what the original project had: evaluation every N steps with the
+//! official metrics, early stopping, best-model export, and checkpoints from which a resumed run
+//! equals an uninterrupted one.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
@@ -26,10 +30,11 @@ use qa_model::{BertConfig, BertForQuestionAnswering, ParamInfo};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-use crate::batch::{HostBatch, span_loss};
+use crate::batch::HostBatch;
 use crate::checkpoint::{self, EarlyStopping, LoopState};
 use crate::config::{EarlyStoppingMetric, TrainConfig};
 use crate::infer::evaluate_model;
+use crate::learner::{GroupedAdamW, SpanBatch, SpanLearner, SpanModel, WarmupLinearDecay};
 use crate::log::{self, EvalRecord, LossRecord};
 
 const MODEL_RECORD: &str = "model.bin";
@@ -129,17 +134,6 @@ fn load_split(
     Ok(Split { dataset, features })
 }
 
-/// Linear warmup from 0 then linear decay to 0, as `get_linear_schedule_with_warmup`: the
-/// learning rate of optimizer update `step` (0-based).
-pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
-    let factor = if step < warmup {
-        step as f64 / warmup.max(1) as f64
-    } else {
-        ((total as f64 - step as f64) / (total - warmup).max(1) as f64).max(0.0)
-    };
-    base * factor
-}
-
 /// Config fields that do not change the trajectory, so a resumed run may change them.
 const RESUMABLE_CHANGES: &[&str] = &[
     "logging_steps",
@@ -224,16 +218,7 @@ pub fn train<B: AutodiffBackend>(
         );
     }
     let mut model = loaded.model;
-    let adam = |decay: f64| {
-        AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.999)
-            .with_epsilon(config.adam_epsilon as f32)
-            .with_weight_decay(decay as f32)
-            .init::<B, BertForQuestionAnswering<B>>()
-    };
-    let mut optim_decay = adam(config.weight_decay);
-    let mut optim_no_decay = adam(0.0);
+    let mut optim = GroupedAdamW::<B>::new(config.weight_decay, config.adam_epsilon);
 
     let labelled: Vec<usize> = train_split.features.labelled().collect();
     if labelled.is_empty() {
@@ -271,10 +256,10 @@ pub fn train<B: AutodiffBackend>(
             .load(ckpt.record(MODEL_RECORD)?.to_vec(), &device)
             .context("checkpoint model record does not fit this model")?;
         model = model.load_record(model_record);
-        optim_decay = optim_decay
-            .load_record(recorder.load(ckpt.record(OPTIM_DECAY_RECORD)?.to_vec(), &device)?);
-        optim_no_decay = optim_no_decay
-            .load_record(recorder.load(ckpt.record(OPTIM_NO_DECAY_RECORD)?.to_vec(), &device)?);
+        optim = optim.load_record((
+            recorder.load(ckpt.record(OPTIM_DECAY_RECORD)?.to_vec(), &device)?,
+            recorder.load(ckpt.record(OPTIM_NO_DECAY_RECORD)?.to_vec(), &device)?,
+        ));
         state = ckpt.state;
         say(format!(
             "resumed from {} at step {} (epoch {}, batch {})",
@@ -298,8 +283,14 @@ pub fn train<B: AutodiffBackend>(
     let best_dir = config.best_model_dir();
     let accumulation = config.gradient_accumulation_steps;
 
+    let schedule = WarmupLinearDecay::new(config.learning_rate, warmup, total_steps)
+        .load_record::<B>(state.global_step);
+    // The loop keeps a handle on the optimizer: its state goes into every checkpoint.
+    // The rate of the latest update, also right after a resume (when the learner has none yet).
+    let last_lr = |global_step: usize| schedule.at(global_step.saturating_sub(1));
+    let mut learner = SpanLearner::<B>::new(SpanModel { model }, optim.clone(), schedule.clone());
     let progress = Progress::new(total_steps, state.global_step, config.logging_steps);
-    let mut accumulator = GradientsAccumulator::<BertForQuestionAnswering<B>>::new();
+    let mut accumulator = GradientsAccumulator::<SpanModel<B>>::new();
     let mut pending = 0usize; // micro-batches in the accumulator
     let (mut loss_since_log, mut micro_since_log) = (0.0f64, 0usize);
     let (mut loss_since_eval, mut micro_since_eval) = (0.0f64, 0usize);
@@ -339,10 +330,9 @@ pub fn train<B: AutodiffBackend>(
                     .wrapping_mul(0x2545_F491_4F6C_DD1D),
             );
             let batch = HostBatch::new(&train_split.features, indices, pad_to);
-            let logits = model.forward(&batch.input::<B>(&device));
-            let (starts, ends) = batch.labels::<B>(&device);
-            let loss = span_loss(&logits, starts, ends);
-            let value: f64 = loss.clone().into_scalar().elem();
+            let output =
+                learner.train_step(SpanBatch::new(&batch, 1.0 / accumulation as f64, &device));
+            let value = output.item.0;
             if !value.is_finite() {
                 bail!(
                     "training loss became {value} at step {} (epoch {}); stopped. The last good \
@@ -352,8 +342,7 @@ pub fn train<B: AutodiffBackend>(
                     out.join(checkpoint::CHECKPOINTS_DIR).display()
                 );
             }
-            let grads = (loss / accumulation as f64).backward();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+            accumulator.accumulate(&learner.model(), output.grads);
             pending += 1;
             state.micro_in_epoch += 1;
             state.micro_total += 1;
@@ -373,11 +362,9 @@ pub fn train<B: AutodiffBackend>(
                 if config.max_grad_norm > 0.0 {
                     clip_global_norm::<B>(&mut grads, &params, config.max_grad_norm);
                 }
-                let lr =
-                    learning_rate(config.learning_rate, state.global_step, warmup, total_steps);
-                let no_decay = split_no_decay::<B>(&mut grads, &params);
-                model = optim_decay.step(lr, model, grads);
-                model = optim_no_decay.step(lr, model, no_decay);
+                learner.lr_step();
+                let lr = learner.lr_current();
+                learner.optimizer_step(grads);
                 state.global_step += 1;
                 trained_features += indices.len();
                 train_seconds += t0.elapsed().as_secs_f64();
@@ -408,11 +395,12 @@ pub fn train<B: AutodiffBackend>(
                 if eval_due {
                     let train_loss = loss_since_eval / micro_since_eval.max(1) as f64;
                     (loss_since_eval, micro_since_eval) = (0.0, 0);
-                    let stop = ctx.evaluate(&model, &mut state, train_loss, lr, say)?;
+                    let stop =
+                        ctx.evaluate(&learner.model().model, &mut state, train_loss, lr, say)?;
                     last_eval_step = Some(state.global_step);
                     if config.save_eval_checkpoints {
                         ctx.save_model(
-                            &model,
+                            &learner.model().model,
                             &out.join(format!("checkpoint-{}", state.global_step)),
                         )?;
                     }
@@ -433,7 +421,7 @@ pub fn train<B: AutodiffBackend>(
                     checkpoint_due = false;
                 }
                 if checkpoint_due {
-                    save_checkpoint(out, &state, &model, &optim_decay, &optim_no_decay)?;
+                    save_checkpoint(out, &state, &learner.model().model, &optim)?;
                 }
                 if stopped_early {
                     say(format!(
@@ -464,15 +452,16 @@ pub fn train<B: AutodiffBackend>(
         if config.evaluate_during_training && last_eval_step != Some(state.global_step) {
             let train_loss = loss_since_eval / micro_since_eval.max(1) as f64;
             (loss_since_eval, micro_since_eval) = (0.0, 0);
-            let lr = learning_rate(
-                config.learning_rate,
-                state.global_step.saturating_sub(1),
-                warmup,
-                total_steps,
-            );
+            let lr = last_lr(state.global_step);
             let mut record_state = state.clone();
             record_state.epoch = finished_epoch;
-            let stop = ctx.evaluate(&model, &mut record_state, train_loss, lr, say)?;
+            let stop = ctx.evaluate(
+                &learner.model().model,
+                &mut record_state,
+                train_loss,
+                lr,
+                say,
+            )?;
             state.evaluations = record_state.evaluations;
             state.early_stopping = record_state.early_stopping;
             last_eval_step = Some(state.global_step);
@@ -480,7 +469,7 @@ pub fn train<B: AutodiffBackend>(
         }
         if config.save_model_every_epoch {
             ctx.save_model(
-                &model,
+                &learner.model().model,
                 &out.join(format!(
                     "checkpoint-{}-epoch-{}",
                     state.global_step,
@@ -488,7 +477,7 @@ pub fn train<B: AutodiffBackend>(
                 )),
             )?;
         }
-        save_checkpoint(out, &state, &model, &optim_decay, &optim_no_decay)?;
+        save_checkpoint(out, &state, &learner.model().model, &optim)?;
         if stopped_early {
             break;
         }
@@ -509,15 +498,11 @@ pub fn train<B: AutodiffBackend>(
         && last_eval_step != Some(state.global_step)
     {
         let train_loss = loss_since_eval / micro_since_eval.max(1) as f64;
-        let lr = learning_rate(
-            config.learning_rate,
-            state.global_step.saturating_sub(1),
-            warmup,
-            total_steps,
-        );
-        ctx.evaluate(&model, &mut state, train_loss, lr, say)?;
-        save_checkpoint(out, &state, &model, &optim_decay, &optim_no_decay)?;
+        let lr = last_lr(state.global_step);
+        ctx.evaluate(&learner.model().model, &mut state, train_loss, lr, say)?;
+        save_checkpoint(out, &state, &learner.model().model, &optim)?;
     }
+    let model = learner.model().model;
     if !halted {
         ctx.save_model(&model, out)?;
         if state.early_stopping.best.is_none() {
@@ -589,21 +574,17 @@ fn check_same_config(saved: &serde_json::Value, now: &serde_json::Value) -> anyh
     Ok(())
 }
 
-fn save_checkpoint<B: AutodiffBackend, O1, O2>(
+fn save_checkpoint<B: AutodiffBackend>(
     out: &Path,
     state: &LoopState,
     model: &BertForQuestionAnswering<B>,
-    optim_decay: &O1,
-    optim_no_decay: &O2,
-) -> anyhow::Result<()>
-where
-    O1: Optimizer<BertForQuestionAnswering<B>, B>,
-    O2: Optimizer<BertForQuestionAnswering<B>, B>,
-{
+    optim: &GroupedAdamW<B>,
+) -> anyhow::Result<()> {
     let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
     let model_bytes = recorder.record(model.clone().into_record(), ())?;
-    let decay_bytes = recorder.record(optim_decay.to_record(), ())?;
-    let no_decay_bytes = recorder.record(optim_no_decay.to_record(), ())?;
+    let (decay, no_decay) = optim.to_record();
+    let decay_bytes = recorder.record(decay, ())?;
+    let no_decay_bytes = recorder.record(no_decay, ())?;
     checkpoint::save(
         out,
         state,
@@ -775,29 +756,6 @@ fn clip_global_norm<B: AutodiffBackend>(
     total
 }
 
-/// Moves the gradients of parameters without weight decay into their own set.
-fn split_no_decay<B: AutodiffBackend>(
-    grads: &mut GradientsParams,
-    params: &[ParamInfo],
-) -> GradientsParams {
-    let mut no_decay = GradientsParams::new();
-    for p in params.iter().filter(|p| !p.decays()) {
-        match p.rank {
-            1 => {
-                if let Some(t) = grads.remove::<B::InnerBackend, 1>(p.id) {
-                    no_decay.register(p.id, t);
-                }
-            }
-            _ => {
-                if let Some(t) = grads.remove::<B::InnerBackend, 2>(p.id) {
-                    no_decay.register(p.id, t);
-                }
-            }
-        }
-    }
-    no_decay
-}
-
 /// A progress bar on a terminal, plain lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -845,16 +803,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedule_warms_up_then_decays_like_transformers() {
-        assert_eq!(learning_rate(1.0, 0, 10, 100), 0.0);
-        assert_eq!(learning_rate(1.0, 5, 10, 100), 0.5);
-        assert_eq!(learning_rate(1.0, 10, 10, 100), 1.0);
-        assert_eq!(learning_rate(1.0, 55, 10, 100), 0.5);
-        assert_eq!(learning_rate(1.0, 100, 10, 100), 0.0);
-        assert_eq!(learning_rate(2.0, 0, 0, 4), 2.0);
-    }
 
     #[test]
     fn resume_refuses_changed_settings() {
