@@ -82,9 +82,8 @@ impl<B: Backend> Embeddings<B> {
             .slice(0..seq)
             .unsqueeze::<3>();
         let x = self.word_embeddings.forward(input_ids)
-            + positions
             + self.token_type_embeddings.forward(token_type_ids);
-        let x = kernels::layer_norm(&self.layer_norm, x, self.layer_norm_eps);
+        let x = kernels::add_layer_norm(&self.layer_norm, x, positions, self.layer_norm_eps);
         kernels::dropout(&self.dropout, x)
     }
 }
@@ -112,7 +111,7 @@ impl<B: Backend> Attention<B> {
 
         let context = kernels::attention(q, k, v, padding, self.heads, &self.attention_dropout);
         let out = kernels::dropout(&self.dropout, kernels::linear(&self.output, context));
-        kernels::layer_norm(&self.layer_norm, out + x, self.layer_norm_eps)
+        kernels::add_layer_norm(&self.layer_norm, out, x, self.layer_norm_eps)
     }
 }
 
@@ -138,7 +137,7 @@ impl<B: Backend> FeedForward<B> {
             Activation::Relu => relu(h),
         };
         let out = kernels::dropout(&self.dropout, kernels::linear(&self.output, h));
-        kernels::layer_norm(&self.layer_norm, out + x, self.layer_norm_eps)
+        kernels::add_layer_norm(&self.layer_norm, out, x, self.layer_norm_eps)
     }
 }
 

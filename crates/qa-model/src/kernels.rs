@@ -128,6 +128,23 @@ pub fn layer_norm<B: Backend, const D: usize>(
     layer.forward(x)
 }
 
+/// `LayerNorm(x + residual)`: BERT's residual connections, and its embeddings with the position
+/// table as `residual` (leading dimension 1, the same positions for every sequence). On `Flex`
+/// without autodiff the sum and the normalisation are one parallel pass.
+pub fn add_layer_norm<B: Backend, const D: usize>(
+    layer: &LayerNorm<B>,
+    x: Tensor<B, D>,
+    residual: Tensor<B, D>,
+    eps: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let (x, residual) = match flex::add_layer_norm(layer, x, residual, eps) {
+        Ok(out) => return out,
+        Err(operands) => operands,
+    };
+    layer_norm(layer, x + residual, eps)
+}
+
 /// A tensor's float primitive as the concrete type `P` when backend `B` is `Target` and the tensor
 /// is f32, and back: how [`flex`] and [`train`] step out of the generic code. `P` must be
 /// `Target`'s float primitive.
@@ -252,6 +269,30 @@ mod tests {
         // `x` still held here: the kernel must copy, not overwrite it.
         assert_close(gelu(x.clone()), want.clone(), 1e-6);
         assert_close(gelu(x), want, 1e-6);
+    }
+
+    #[test]
+    fn add_layer_norm_matches_burn_for_a_full_or_a_per_sequence_residual() {
+        let device = Default::default();
+        // 40 rows of 3 * 5: more rows than one parallel task takes, to cross a task boundary.
+        let width = 3 * 1024 / 5;
+        let mut layer = burn::nn::LayerNormConfig::new(width)
+            .with_epsilon(1e-12)
+            .init::<B>(&device);
+        layer.gamma = layer.gamma.map(|g| g + random([width]));
+        layer.beta = layer.beta.map(|b| b.map(|b| b + random([width])));
+        let x = random([8, 40, width]);
+        for residual in [random([8, 40, width]), random([1, 40, width])] {
+            let want = layer.forward(x.clone() + residual.clone());
+            // A shared `x` is left alone; an unshared one is overwritten.
+            let kept = x.clone();
+            assert_close(
+                add_layer_norm(&layer, x.clone(), residual, 1e-12),
+                want,
+                1e-5,
+            );
+            assert_close(kept, x.clone(), 0.0);
+        }
     }
 
     #[test]

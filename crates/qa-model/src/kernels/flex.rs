@@ -3,7 +3,7 @@
 //! really are `FlexTensor`s take this path.
 
 use burn::backend::Flex;
-use burn::nn::Linear;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
@@ -37,22 +37,68 @@ pub(super) fn gelu<B: Backend, const D: usize>(
 /// it (a view into part of a buffer, even an unshared one, must leave the rest alone and count
 /// its indices from its own start), on a copy otherwise.
 pub(super) fn map_chunks(t: FlexTensor, f: impl Fn(&mut [f32], usize) + Sync) -> FlexTensor {
-    let mut t = t.to_contiguous();
+    map_blocks(t, CHUNK, f)
+}
+
+/// [`map_chunks`] with blocks of `block` elements (whole rows, say).
+fn map_blocks(t: FlexTensor, block: usize, f: impl Fn(&mut [f32], usize) + Sync) -> FlexTensor {
+    // `to_contiguous` borrows and returns a clone when nothing needs copying: the original must
+    // go before the clone can be the buffer's only owner.
+    let mut t = {
+        let contiguous = t.to_contiguous();
+        drop(t);
+        contiguous
+    };
     let whole_buffer = t.layout().contiguous_offsets() == Some((0, t.storage::<f32>().len()));
     if whole_buffer && let Some(values) = t.try_storage_mut::<f32>() {
         values
-            .par_chunks_mut(CHUNK)
+            .par_chunks_mut(block)
             .enumerate()
-            .for_each(|(i, c)| f(c, i * CHUNK));
+            .for_each(|(i, c)| f(c, i * block));
         return t;
     }
     let shape = t.layout().shape().clone();
     let mut values = f32s(&t).to_vec();
     values
-        .par_chunks_mut(CHUNK)
+        .par_chunks_mut(block)
         .enumerate()
-        .for_each(|(i, c)| f(c, i * CHUNK));
+        .for_each(|(i, c)| f(c, i * block));
     FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// `LayerNorm(x + residual)`, one parallel pass over rows, in place when `x` is not shared.
+/// `residual` has `x`'s shape or a leading dimension of 1 (one sequence for every batch entry).
+pub(super) fn add_layer_norm<B: Backend, const D: usize>(
+    layer: &LayerNorm<B>,
+    x: Tensor<B, D>,
+    residual: Tensor<B, D>,
+    eps: f64,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    let (xd, rd) = (x.dims(), residual.dims());
+    let fits = rd[1..] == xd[1..] && (rd[0] == xd[0] || rd[0] == 1);
+    let f32s_only = [x.dtype(), residual.dtype(), layer.gamma.val().dtype()]
+        .iter()
+        .all(|&d| d == DType::F32);
+    let Some(beta) = layer.beta.as_ref().map(|b| b.val()) else {
+        return Err((x, residual));
+    };
+    if !is_flex::<B>() || !fits || !f32s_only || beta.dtype() != DType::F32 {
+        return Err((x, residual));
+    }
+    let flex = |t: Tensor<B, D>| flex_tensor(t).unwrap_or_else(|_| unreachable!("checked above"));
+    let residual = flex(residual).to_contiguous();
+    let flex1 = |t: Tensor<B, 1>| flex_tensor(t).unwrap_or_else(|_| unreachable!("checked above"));
+    let (gamma, beta) = (
+        flex1(layer.gamma.val()).to_contiguous(),
+        flex1(beta).to_contiguous(),
+    );
+    let (gamma, beta, residual) = (f32s(&gamma), f32s(&beta), f32s(&residual));
+    let width = gamma.len();
+    let rows_per_task = (CHUNK / width).max(1);
+    let y = map_blocks(flex(x), rows_per_task * width, |rows, at| {
+        math::add_layer_norm(rows, at / width, residual, gamma, beta, eps as f32)
+    });
+    Ok(from_flex(y))
 }
 
 /// `x W + b` for `x: [m, k]`, `W: [k, n]`, through [`linear_f32`].
@@ -532,5 +578,22 @@ mod tests {
         assert_eq!(indices(row), want);
         // A tensor that owns its whole buffer, changed in place.
         assert_eq!(indices(f32_tensor(vec![7.0; len], [len])), want);
+    }
+
+    #[test]
+    fn map_chunks_changes_an_unshared_tensor_in_place_and_a_shared_one_on_a_copy() {
+        let add_one = |values: &mut [f32], _| values.iter_mut().for_each(|x| *x += 1.0);
+        let t = f32_tensor(vec![1.0; 2 * CHUNK], [2, CHUNK]);
+        let buffer = f32s(&t).as_ptr();
+        let t = map_chunks(t, add_one);
+        assert_eq!(f32s(&t).as_ptr(), buffer, "the only owner is not copied");
+        let shared = t.clone();
+        let mapped = map_chunks(t, add_one);
+        assert_ne!(f32s(&mapped).as_ptr(), buffer);
+        assert!(
+            f32s(&shared).iter().all(|&x| x == 2.0),
+            "the other owner's values stay"
+        );
+        assert!(f32s(&mapped).iter().all(|&x| x == 3.0));
     }
 }

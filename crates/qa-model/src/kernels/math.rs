@@ -219,6 +219,49 @@ fn layer_norm_rows(
     }
 }
 
+/// Layer normalisation of `x + residual` in place, for the whole rows of `x` (inference: nothing
+/// is kept for a backward pass). Row `i` of `x` is row `first_row + i` of its tensor and gets row
+/// `(first_row + i) % residual rows` of `residual`, so a residual without a batch dimension (the
+/// position embeddings) applies to every sequence.
+#[inline(always)]
+fn add_layer_norm_rows(
+    x: &mut [f32],
+    first_row: usize,
+    residual: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    let width = gamma.len();
+    let residual_rows = residual.len() / width;
+    for (i, x) in x.chunks_exact_mut(width).enumerate() {
+        let at = (first_row + i) % residual_rows * width;
+        for (x, &r) in x.iter_mut().zip(&residual[at..at + width]) {
+            *x += r;
+        }
+        let mean = sum(x) / width as f32;
+        let var = squared_deviations(x, mean) / width as f32;
+        let r = 1.0 / (var + eps).sqrt();
+        for ((x, &g), &b) in x.iter_mut().zip(gamma).zip(beta) {
+            *x = (*x - mean) * r * g + b;
+        }
+    }
+}
+
+/// `Σ (a_i − mean)²`.
+#[inline(always)]
+fn squared_deviations(a: &[f32], mean: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let tail: f32 = ca.remainder().iter().map(|x| (x - mean) * (x - mean)).sum();
+    for x in ca {
+        for (s, x) in lanes.iter_mut().zip(x) {
+            *s += (x - mean) * (x - mean);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `Σ a_i`.
 #[inline(always)]
 fn sum(a: &[f32]) -> f32 {
@@ -382,6 +425,17 @@ dispatch!(
         x_hat: &mut [f32],
         inv_std: &mut [f32]
     ) => layer_norm_rows
+);
+dispatch!(
+    /// Layer normalisation of `x + residual` in place (see `add_layer_norm_rows`).
+    add_layer_norm(
+        x: &mut [f32],
+        first_row: usize,
+        residual: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32
+    ) => add_layer_norm_rows
 );
 dispatch!(
     /// Layer normalisation gradients of whole rows (see `layer_norm_backward_rows`).
