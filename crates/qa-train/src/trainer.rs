@@ -285,9 +285,9 @@ pub fn train<B: AutodiffBackend>(
 
     let schedule = WarmupLinearDecay::new(config.learning_rate, warmup, total_steps)
         .load_record::<B>(state.global_step);
-    // The loop keeps a handle on the optimizer: its state goes into every checkpoint.
     // The rate of the latest update, also right after a resume (when the learner has none yet).
     let last_lr = |global_step: usize| schedule.at(global_step.saturating_sub(1));
+    // The loop keeps a handle on the optimizer: its state goes into every checkpoint.
     let mut learner = SpanLearner::<B>::new(SpanModel { model }, optim.clone(), schedule.clone());
     let progress = Progress::new(total_steps, state.global_step, config.logging_steps);
     let mut accumulator = GradientsAccumulator::<SpanModel<B>>::new();
