@@ -1,0 +1,191 @@
+"""PyTorch + transformers reference for `qa train`: fine-tunes the same model on the same SQuAD
+file with the same recipe, and saves a Hugging Face directory that `qa evaluate --model DIR`
+then scores exactly as it scores ours (same windowing, decoding and official metrics).
+
+The recipe is run_qa.py's: fast-tokenizer windows (only_second truncation, stride, offsets),
+a window without the whole answer labelled [CLS]; AdamW (torch) without weight decay on biases
+and LayerNorm; linear warmup then linear decay (transformers' get_linear_schedule_with_warmup);
+global-norm clipping; shuffled batches padded to their longest feature; dropout on; 2 threads.
+
+usage: torch_finetune.py MODEL_DIR TRAIN_JSON OUT_DIR [--max-seq-length N] [--doc-stride N]
+       [--epochs N] [--batch-size N] [--lr X] [--warmup-ratio X] [--weight-decay X]
+       [--max-grad-norm X] [--seed N]
+Prints a progress line per epoch and one JSON line at the end.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    BertForQuestionAnswering,
+    get_linear_schedule_with_warmup,
+)
+
+TOKENIZER_FILES = ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def squad_examples(path):
+    """(question, context, answer text, answer start) for every answerable question."""
+    with open(path) as f:
+        doc = json.load(f)
+    data = doc["data"] if isinstance(doc, dict) else doc
+    for article in data:
+        for paragraph in article.get("paragraphs", [article]):
+            for qa in paragraph["qas"]:
+                if qa.get("is_impossible") or not qa.get("answers"):
+                    continue
+                answer = qa["answers"][0]
+                yield qa["question"].lstrip(), paragraph["context"], answer["text"], answer[
+                    "answer_start"
+                ]
+
+
+def windows(tokenizer, examples, max_len, stride):
+    """run_qa.py's prepare_train_features: one dict per window with its start/end labels."""
+    questions = [e[0] for e in examples]
+    contexts = [e[1] for e in examples]
+    enc = tokenizer(
+        questions,
+        contexts,
+        truncation="only_second",
+        max_length=max_len,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+    features = []
+    for i, offsets in enumerate(enc["offset_mapping"]):
+        _, _, text, start_char = examples[enc["overflow_to_sample_mapping"][i]]
+        end_char = start_char + len(text)
+        seq_ids = enc.sequence_ids(i)
+        first = seq_ids.index(1)
+        last = len(seq_ids) - 1 - seq_ids[::-1].index(1)
+        if not (offsets[first][0] <= start_char and offsets[last][1] >= end_char):
+            start, end = 0, 0
+        else:
+            start = first
+            while start <= last and offsets[start][0] <= start_char:
+                start += 1
+            start -= 1
+            end = last
+            while end >= first and offsets[end][1] >= end_char:
+                end -= 1
+            end += 1
+        features.append(
+            {
+                "input_ids": enc["input_ids"][i],
+                "token_type_ids": enc["token_type_ids"][i],
+                "start": start,
+                "end": end,
+            }
+        )
+    return features
+
+
+def collate(batch, pad_id):
+    longest = max(len(f["input_ids"]) for f in batch)
+
+    def pad(key, value):
+        return torch.tensor([f[key] + [value] * (longest - len(f[key])) for f in batch])
+
+    mask = torch.tensor(
+        [[1] * len(f["input_ids"]) + [0] * (longest - len(f["input_ids"])) for f in batch]
+    )
+    return {
+        "input_ids": pad("input_ids", pad_id),
+        "token_type_ids": pad("token_type_ids", 0),
+        "attention_mask": mask,
+        "start_positions": torch.tensor([f["start"] for f in batch]),
+        "end_positions": torch.tensor([f["end"] for f in batch]),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("train")
+    p.add_argument("out")
+    p.add_argument("--max-seq-length", type=int, default=384)
+    p.add_argument("--doc-stride", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(args.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    started = time.perf_counter()
+    features = windows(
+        tokenizer, list(squad_examples(args.train)), args.max_seq_length, args.doc_stride
+    )
+    model = BertForQuestionAnswering.from_pretrained(args.model)
+    model.train()
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": args.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    steps_per_epoch = math.ceil(len(features) / args.batch_size)
+    total = steps_per_epoch * args.epochs
+    warmup = math.ceil(total * args.warmup_ratio)
+    schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
+    order = torch.Generator().manual_seed(args.seed)
+    train_seconds = 0.0
+    for epoch in range(args.epochs):
+        losses = []
+        for step in range(steps_per_epoch):
+            if step == 0:
+                perm = torch.randperm(len(features), generator=order).tolist()
+            t0 = time.perf_counter()
+            idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
+            batch = collate([features[i] for i in idx], tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            train_seconds += time.perf_counter() - t0
+            losses.append(loss.item())
+        print(f"epoch {epoch + 1}: mean loss {sum(losses) / len(losses):.4f}", flush=True)
+
+    os.makedirs(args.out, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        src = os.path.join(args.model, name)
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(args.out, name))
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "features": len(features),
+                "steps": total,
+                "features_per_second": len(features) * args.epochs / train_seconds,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
