@@ -9,8 +9,18 @@ global-norm clipping; shuffled batches padded to their longest feature; dropout 
 
 usage: torch_finetune.py MODEL_DIR TRAIN_JSON OUT_DIR [--max-seq-length N] [--doc-stride N]
        [--epochs N] [--batch-size N] [--lr X] [--warmup-ratio X] [--weight-decay X]
-       [--max-grad-norm X] [--seed N]
-Prints a progress line per epoch and one JSON line at the end.
+       [--max-grad-norm X] [--seed N] [--dropout X] [--save-init DIR] [--log-steps]
+       [--no-shuffle] [--order FILE] [--mask-padding]
+Prints a progress line per epoch (with --log-steps, one per step) and one JSON line at the end.
+
+For step-by-step comparisons with `qa train`: --save-init writes the starting weights (encoder and
+the freshly initialised span head) as a Hugging Face directory that both trainers can start from;
+--dropout 0 removes the only randomness inside a step; a batch as large as the training set makes
+the batch order irrelevant (--no-shuffle keeps the file order), and --order FILE takes the
+per-epoch orders `qa train` uses (`cargo run -p qa-train --example epoch_order`); --log-steps
+prints the loss of every update; --mask-padding computes the loss as `qa train` does, with the
+span logits of padding positions masked (transformers leaves them in the softmax).
+crates/qa-train/tests/torch_parity.rs uses these.
 """
 
 import argparse
@@ -107,6 +117,27 @@ def collate(batch, pad_id):
     }
 
 
+def span_loss(model, batch):
+    """BertForQuestionAnswering's loss with the logits of padding positions masked."""
+    labels = {k: batch[k] for k in ("start_positions", "end_positions")}
+    out = model(**{k: v for k, v in batch.items() if k not in labels})
+    padding = batch["attention_mask"] == 0
+    ce = torch.nn.functional.cross_entropy
+    start = out.start_logits.masked_fill(padding, -1e4)
+    end = out.end_logits.masked_fill(padding, -1e4)
+    return (ce(start, labels["start_positions"]) + ce(end, labels["end_positions"])) / 2
+
+
+def save(model, model_dir, out):
+    """The model as a Hugging Face directory, with the tokenizer files of `model_dir`."""
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        src = os.path.join(model_dir, name)
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(out, name))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -121,6 +152,12 @@ def main():
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--save-init", default=None)
+    p.add_argument("--log-steps", action="store_true")
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--order", default=None)
+    p.add_argument("--mask-padding", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
@@ -130,7 +167,12 @@ def main():
     features = windows(
         tokenizer, list(squad_examples(args.train)), args.max_seq_length, args.doc_stride
     )
-    model = BertForQuestionAnswering.from_pretrained(args.model)
+    overrides = {}
+    if args.dropout is not None:
+        overrides = {"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}
+    model = BertForQuestionAnswering.from_pretrained(args.model, **overrides)
+    if args.save_init:
+        save(model, args.model, args.save_init)
     model.train()
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
@@ -149,16 +191,26 @@ def main():
     warmup = math.ceil(total * args.warmup_ratio)
     schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
     order = torch.Generator().manual_seed(args.seed)
+    orders = None
+    if args.order:
+        with open(args.order) as f:
+            orders = json.load(f)
+        for o in orders:
+            assert sorted(o) == list(range(len(features))), "--order: not a permutation"
     train_seconds = 0.0
     for epoch in range(args.epochs):
         losses = []
         for step in range(steps_per_epoch):
             if step == 0:
                 perm = torch.randperm(len(features), generator=order).tolist()
+                if args.no_shuffle:
+                    perm = list(range(len(features)))
+                if orders:
+                    perm = orders[epoch]
             t0 = time.perf_counter()
             idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
             batch = collate([features[i] for i in idx], tokenizer.pad_token_id)
-            loss = model(**batch).loss
+            loss = span_loss(model, batch) if args.mask_padding else model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -166,14 +218,11 @@ def main():
             optimizer.zero_grad()
             train_seconds += time.perf_counter() - t0
             losses.append(loss.item())
+            if args.log_steps:
+                print(f"step {epoch * steps_per_epoch + step + 1}: loss {loss.item():.6f}", flush=True)
         print(f"epoch {epoch + 1}: mean loss {sum(losses) / len(losses):.4f}", flush=True)
 
-    os.makedirs(args.out, exist_ok=True)
-    model.save_pretrained(args.out, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        src = os.path.join(args.model, name)
-        if os.path.isfile(src):
-            shutil.copy(src, os.path.join(args.out, name))
+    save(model, args.model, args.out)
     print(
         json.dumps(
             {

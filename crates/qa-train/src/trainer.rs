@@ -27,10 +27,8 @@ use qa_data::{
     SquadVersion,
 };
 use qa_model::{BertConfig, BertForQuestionAnswering, ParamInfo};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 
-use crate::batch::HostBatch;
+use crate::batch::{HostBatch, epoch_order};
 use crate::checkpoint::{self, EarlyStopping, LoopState};
 use crate::config::{EarlyStoppingMetric, TrainConfig};
 use crate::infer::evaluate_model;
@@ -311,11 +309,7 @@ pub fn train<B: AutodiffBackend>(
     };
 
     'epochs: while state.epoch < config.num_train_epochs && state.global_step < total_steps {
-        let mut order = labelled.clone();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
-            config.manual_seed ^ (state.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        order.shuffle(&mut rng);
+        let order = epoch_order(&labelled, config.manual_seed, state.epoch);
         let batches: Vec<&[usize]> = order.chunks(config.train_batch_size).collect();
         while state.micro_in_epoch < batches.len() {
             let t0 = Instant::now();

@@ -4,6 +4,7 @@
 //! Needs the shared assets: set `QA_SHARED_DIR` to the `shared/` folder (`.ci/run` does).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use qa_train::{RunOptions, TrainConfig};
 
@@ -75,9 +76,17 @@ device = "cpu"
 
 fn quiet(_: String) {}
 
+/// Dropout masks come from the backend's global generator, seeded before each step: a run on
+/// another test thread drawing in between would change them. Training tests take turns.
+fn one_run_at_a_time() -> MutexGuard<'static, ()> {
+    static TRAINING: Mutex<()> = Mutex::new(());
+    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn minilm_overfits_six_questions() {
     let Some(model) = shared_model() else { return };
+    let _turn = one_run_at_a_time();
     let (_dir, config) = setup(
         &model,
         "num_train_epochs = 25\nlearning_rate = 2e-4\nwarmup_ratio = 0.0\nevaluate_during_training = true\nevaluate_during_training_steps = 0\n",
@@ -131,6 +140,7 @@ fn final_weights(out: &Path) -> Vec<u8> {
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let Some(model) = shared_model() else { return };
+    let _turn = one_run_at_a_time();
     // Dropout is on (MiniLM's config says 0.1), weight decay and clipping too.
     let extra = "max_steps = 6\nlearning_rate = 1e-4\nwarmup_ratio = 0.2\nweight_decay = 0.01\nmax_grad_norm = 0.5\nevaluate_during_training = false\nnum_train_epochs = 5\ngradient_accumulation_steps = 2\ntrain_batch_size = 2\n";
     let (_a, straight) = setup(&model, extra);
@@ -192,6 +202,7 @@ fn resumed_run_equals_uninterrupted_run() {
 #[test]
 fn early_stopping_stops_after_patience() {
     let Some(model) = shared_model() else { return };
+    let _turn = one_run_at_a_time();
     // No evaluation can improve on the first by more than the delta: with patience 1 the run
     // stops at the third evaluation.
     let (_dir, config) = setup(
@@ -208,6 +219,7 @@ fn early_stopping_stops_after_patience() {
 #[test]
 fn existing_output_dir_is_not_touched_without_permission() {
     let Some(model) = shared_model() else { return };
+    let _turn = one_run_at_a_time();
     let (_dir, mut config) = setup(&model, "evaluate_during_training = false\n");
     std::fs::create_dir_all(&config.output_dir).unwrap();
     std::fs::write(config.output_dir.join("keep.txt"), "mine").unwrap();

@@ -1,0 +1,113 @@
+//! The gradient of a training forward with dropout agrees with finite differences of the same
+//! forward: forward and backward drop the same elements in every layer.
+//!
+//! Dropout masks come from the backend's global generator, which every test thread shares: the
+//! tests here take a lock so that no other test draws between a seed and the draws it decides
+//! (they are a test binary of their own for the same reason).
+
+use std::sync::Mutex;
+
+use burn::backend::Autodiff;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use qa_model::{BertConfig, BertForQuestionAnswering, BertInput, CpuBackend, load_pretrained};
+
+static RNG: Mutex<()> = Mutex::new(());
+
+type Ad = Autodiff<CpuBackend>;
+
+/// Checks that the gradient of a training forward with dropout agrees with finite
+/// differences of the same forward (same seed, so the same masks): forward and backward drop
+/// the same elements in every layer. Along a random direction in the word embeddings (whose
+/// gradient passes through every dropout) and in the first feed-forward matrix, for a batch
+/// of `[batch, seq]` ids below `vocab` whose last row is partly padding.
+fn check_dropout_gradient(
+    model: &BertForQuestionAnswering<Ad>,
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+) {
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+
+    let device = Default::default();
+    let n = batch * seq;
+    let ids: Vec<i32> = (0..n)
+        .map(|i| 1 + (i * 7919 % (vocab - 1)) as i32)
+        .collect();
+    let types: Vec<i32> = (0..n).map(|i| i32::from(i % seq >= seq / 3)).collect();
+    let padding: Vec<bool> = (0..n)
+        .map(|i| i / seq == batch - 1 && i % seq >= seq * 2 / 3)
+        .collect();
+    let input = BertInput::<Ad>::from_host(ids, types, padding, [batch, seq], &device);
+    Ad::seed(&device, 7);
+    let weights = Tensor::<Ad, 2>::random([batch, seq], Distribution::Normal(0.0, 1.0), &device);
+    // A fixed linear read-out of both logits, so every position contributes.
+    let loss = |m: &BertForQuestionAnswering<Ad>| {
+        Ad::seed(&device, 2024);
+        let out = m.forward(&input);
+        let masked = input.padding_mask.clone().unwrap();
+        let read = |l: Tensor<Ad, 2>| (l.mask_fill(masked.clone(), 0.0) * weights.clone()).sum();
+        read(out.start) + read(out.end) * 0.5
+    };
+    let grads = loss(model).backward();
+
+    type Get = fn(&BertForQuestionAnswering<Ad>) -> &Param<Tensor<Ad, 2>>;
+    type Set = fn(&mut BertForQuestionAnswering<Ad>) -> &mut Param<Tensor<Ad, 2>>;
+    let cases: [(&str, Get, Set); 2] = [
+        (
+            "word embeddings",
+            |m| &m.bert.embeddings.word_embeddings.weight,
+            |m| &mut m.bert.embeddings.word_embeddings.weight,
+        ),
+        (
+            "layer 0 intermediate",
+            |m| &m.bert.layers[0].feed_forward.intermediate.weight,
+            |m| &mut m.bert.layers[0].feed_forward.intermediate.weight,
+        ),
+    ];
+    for (what, get, set) in cases {
+        let param = get(model).val();
+        let gradient = param.grad(&grads).expect("a gradient");
+        let direction =
+            Tensor::<Ad, 2>::random(param.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let analytic: f32 = (gradient * direction.clone().inner()).sum().into_scalar();
+        let moved = |h: f32| {
+            let mut m = model.clone();
+            *set(&mut m) = Param::from_tensor((param.clone() + direction.clone() * h).detach());
+            loss(&m).into_scalar()
+        };
+        let h = 1e-3;
+        let numeric = (moved(h) - moved(-h)) / (2.0 * h);
+        let relative = (analytic - numeric).abs() / analytic.abs().max(1e-6);
+        assert!(
+            relative < 0.02,
+            "{what}: autodiff {analytic}, finite differences {numeric}"
+        );
+    }
+}
+
+#[test]
+fn training_gradient_with_dropout_matches_finite_differences() {
+    let _alone = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let config = BertConfig::tiny(16);
+    assert!(config.hidden_dropout_prob > 0.0 && config.attention_probs_dropout_prob > 0.0);
+    Ad::seed(&Default::default(), 11);
+    let model = BertForQuestionAnswering::<Ad>::init(&config, &Default::default());
+    check_dropout_gradient(&model, 3, 24, 16);
+}
+
+/// The same with the real MiniLM at a training size (work split across threads and SIMD
+/// lanes as in training); needs `QA_SHARED_DIR`, skipped without it.
+#[test]
+fn minilm_training_gradient_with_dropout_matches_finite_differences() {
+    let Some(shared) = std::env::var_os("QA_SHARED_DIR") else {
+        eprintln!("skipped: QA_SHARED_DIR is not set (it points at the shared MiniLM weights)");
+        return;
+    };
+    let _alone = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::PathBuf::from(shared).join("models/all-MiniLM-L6-v2");
+    let loaded = load_pretrained::<Ad>(&dir, &Default::default()).unwrap();
+    assert!(loaded.config.hidden_dropout_prob > 0.0);
+    check_dropout_gradient(&loaded.model, 4, 160, 30_000);
+}
