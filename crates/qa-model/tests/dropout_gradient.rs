@@ -111,3 +111,93 @@ fn minilm_training_gradient_with_dropout_matches_finite_differences() {
     assert!(loaded.config.hidden_dropout_prob > 0.0);
     check_dropout_gradient(&loaded.model, 4, 160, 30_000);
 }
+
+/// Every parameter tensor of the tiny model, one at a time: its autodiff gradient with dropout on
+/// agrees with finite differences along a random direction.
+#[test]
+fn every_parameter_gradient_with_dropout_matches_finite_differences() {
+    use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+    use burn::tensor::{Distribution, TensorData};
+
+    /// Random directions for every float parameter, and each one's gradient along it.
+    struct Directions<'a> {
+        grads: &'a <Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+        out: Vec<(ParamId, TensorData, f32)>,
+    }
+    impl ModuleVisitor<Ad> for Directions<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Ad, D>>) {
+            let value = param.val();
+            let grad = value
+                .grad(self.grads)
+                .expect("every parameter has a gradient");
+            let dir = Tensor::<Ad, D>::random(
+                value.shape(),
+                Distribution::Normal(0.0, 1.0),
+                &Default::default(),
+            );
+            let along: f32 = (grad * dir.clone().inner()).sum().into_scalar();
+            self.out.push((param.id, dir.into_data(), along));
+        }
+    }
+    /// Moves one parameter by `h` times its direction.
+    struct Move<'a> {
+        id: ParamId,
+        dir: &'a TensorData,
+        h: f32,
+    }
+    impl ModuleMapper<Ad> for Move<'_> {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<Tensor<Ad, D>>,
+        ) -> Param<Tensor<Ad, D>> {
+            if param.id != self.id {
+                return param;
+            }
+            let value = param.val();
+            let dir = Tensor::<Ad, D>::from_data(self.dir.clone(), &value.device());
+            Param::initialized(param.id, (value + dir * self.h).detach().require_grad())
+        }
+    }
+
+    let _alone = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    Ad::seed(&device, 12);
+    let model = BertForQuestionAnswering::<Ad>::init(&BertConfig::tiny(16), &device);
+    let (batch, seq) = (3, 20);
+    let n = batch * seq;
+    let ids: Vec<i32> = (0..n).map(|i| 1 + (i * 5 % 15) as i32).collect();
+    let types: Vec<i32> = (0..n).map(|i| i32::from(i % seq >= 7)).collect();
+    let padding: Vec<bool> = (0..n).map(|i| i / seq == 2 && i % seq >= 14).collect();
+    let input = BertInput::<Ad>::from_host(ids, types, padding, [batch, seq], &device);
+    let weights = Tensor::<Ad, 2>::random([batch, seq], Distribution::Normal(0.0, 1.0), &device);
+    let loss = |m: &BertForQuestionAnswering<Ad>| {
+        Ad::seed(&device, 99);
+        let out = m.forward(&input);
+        let masked = input.padding_mask.clone().unwrap();
+        let read = |l: Tensor<Ad, 2>| (l.mask_fill(masked.clone(), 0.0) * weights.clone()).sum();
+        read(out.start) + read(out.end) * 0.5
+    };
+    let grads = loss(&model).backward();
+    let mut directions = Directions {
+        grads: &grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut directions);
+    assert!(
+        directions.out.len() > 30,
+        "{} parameters",
+        directions.out.len()
+    );
+    let mut failures = Vec::new();
+    for (id, dir, analytic) in &directions.out {
+        let moved = |h: f32| loss(&model.clone().map(&mut Move { id: *id, dir, h })).into_scalar();
+        let h = 1e-3;
+        let numeric = (moved(h) - moved(-h)) / (2.0 * h);
+        if (analytic - numeric).abs() > 0.02 * analytic.abs().max(1e-2) {
+            failures.push(format!(
+                "{id}: autodiff {analytic}, finite differences {numeric}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
