@@ -8,19 +8,54 @@
 use std::sync::Mutex;
 
 use burn::backend::Autodiff;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
 use qa_model::{BertConfig, BertForQuestionAnswering, BertInput, CpuBackend, load_pretrained};
 
 static RNG: Mutex<()> = Mutex::new(());
 
 type Ad = Autodiff<CpuBackend>;
 
+/// A batch of `[batch, seq]` ids below `vocab` whose last row is partly padding, and a fixed
+/// linear read-out of both logits (so every position contributes) as the loss.
+struct Probe {
+    input: BertInput<Ad>,
+    weights: Tensor<Ad, 2>,
+}
+
+impl Probe {
+    fn new(batch: usize, seq: usize, vocab: usize) -> Self {
+        let device = Default::default();
+        let n = batch * seq;
+        let ids: Vec<i32> = (0..n)
+            .map(|i| 1 + (i * 7919 % (vocab - 1)) as i32)
+            .collect();
+        let types: Vec<i32> = (0..n).map(|i| i32::from(i % seq >= seq / 3)).collect();
+        let padding: Vec<bool> = (0..n)
+            .map(|i| i / seq == batch - 1 && i % seq >= seq * 2 / 3)
+            .collect();
+        Ad::seed(&device, 7);
+        Probe {
+            input: BertInput::from_host(ids, types, padding, [batch, seq], &device),
+            weights: Tensor::random([batch, seq], Distribution::Normal(0.0, 1.0), &device),
+        }
+    }
+
+    /// The loss of a training forward whose dropout masks are always the same (fixed seed).
+    fn loss(&self, model: &BertForQuestionAnswering<Ad>) -> Tensor<Ad, 1> {
+        Ad::seed(&Default::default(), 2024);
+        let out = model.forward(&self.input);
+        let masked = self.input.padding_mask.clone().unwrap();
+        let read =
+            |l: Tensor<Ad, 2>| (l.mask_fill(masked.clone(), 0.0) * self.weights.clone()).sum();
+        read(out.start) + read(out.end) * 0.5
+    }
+}
+
 /// Checks that the gradient of a training forward with dropout agrees with finite
 /// differences of the same forward (same seed, so the same masks): forward and backward drop
 /// the same elements in every layer. Along a random direction in the word embeddings (whose
-/// gradient passes through every dropout) and in the first feed-forward matrix, for a batch
-/// of `[batch, seq]` ids below `vocab` whose last row is partly padding.
+/// gradient passes through every dropout) and in the first feed-forward matrix.
 fn check_dropout_gradient(
     model: &BertForQuestionAnswering<Ad>,
     batch: usize,
@@ -28,28 +63,10 @@ fn check_dropout_gradient(
     vocab: usize,
 ) {
     use burn::module::Param;
-    use burn::tensor::Distribution;
 
     let device = Default::default();
-    let n = batch * seq;
-    let ids: Vec<i32> = (0..n)
-        .map(|i| 1 + (i * 7919 % (vocab - 1)) as i32)
-        .collect();
-    let types: Vec<i32> = (0..n).map(|i| i32::from(i % seq >= seq / 3)).collect();
-    let padding: Vec<bool> = (0..n)
-        .map(|i| i / seq == batch - 1 && i % seq >= seq * 2 / 3)
-        .collect();
-    let input = BertInput::<Ad>::from_host(ids, types, padding, [batch, seq], &device);
-    Ad::seed(&device, 7);
-    let weights = Tensor::<Ad, 2>::random([batch, seq], Distribution::Normal(0.0, 1.0), &device);
-    // A fixed linear read-out of both logits, so every position contributes.
-    let loss = |m: &BertForQuestionAnswering<Ad>| {
-        Ad::seed(&device, 2024);
-        let out = m.forward(&input);
-        let masked = input.padding_mask.clone().unwrap();
-        let read = |l: Tensor<Ad, 2>| (l.mask_fill(masked.clone(), 0.0) * weights.clone()).sum();
-        read(out.start) + read(out.end) * 0.5
-    };
+    let probe = Probe::new(batch, seq, vocab);
+    let loss = |m: &BertForQuestionAnswering<Ad>| probe.loss(m);
     let grads = loss(model).backward();
 
     type Get = fn(&BertForQuestionAnswering<Ad>) -> &Param<Tensor<Ad, 2>>;
@@ -117,7 +134,7 @@ fn minilm_training_gradient_with_dropout_matches_finite_differences() {
 #[test]
 fn every_parameter_gradient_with_dropout_matches_finite_differences() {
     use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::TensorData;
 
     /// Random directions for every float parameter, and each one's gradient along it.
     struct Directions<'a> {
@@ -163,20 +180,8 @@ fn every_parameter_gradient_with_dropout_matches_finite_differences() {
     let device = Default::default();
     Ad::seed(&device, 12);
     let model = BertForQuestionAnswering::<Ad>::init(&BertConfig::tiny(16), &device);
-    let (batch, seq) = (3, 20);
-    let n = batch * seq;
-    let ids: Vec<i32> = (0..n).map(|i| 1 + (i * 5 % 15) as i32).collect();
-    let types: Vec<i32> = (0..n).map(|i| i32::from(i % seq >= 7)).collect();
-    let padding: Vec<bool> = (0..n).map(|i| i / seq == 2 && i % seq >= 14).collect();
-    let input = BertInput::<Ad>::from_host(ids, types, padding, [batch, seq], &device);
-    let weights = Tensor::<Ad, 2>::random([batch, seq], Distribution::Normal(0.0, 1.0), &device);
-    let loss = |m: &BertForQuestionAnswering<Ad>| {
-        Ad::seed(&device, 99);
-        let out = m.forward(&input);
-        let masked = input.padding_mask.clone().unwrap();
-        let read = |l: Tensor<Ad, 2>| (l.mask_fill(masked.clone(), 0.0) * weights.clone()).sum();
-        read(out.start) + read(out.end) * 0.5
-    };
+    let probe = Probe::new(3, 20, 16);
+    let loss = |m: &BertForQuestionAnswering<Ad>| probe.loss(m);
     let grads = loss(&model).backward();
     let mut directions = Directions {
         grads: &grads,
