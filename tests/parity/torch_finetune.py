@@ -10,7 +10,8 @@ global-norm clipping; shuffled batches padded to their longest feature; dropout 
 usage: torch_finetune.py MODEL_DIR TRAIN_JSON OUT_DIR [--max-seq-length N] [--doc-stride N]
        [--epochs N] [--batch-size N] [--lr X] [--warmup-ratio X] [--weight-decay X]
        [--max-grad-norm X] [--seed N] [--dropout X] [--save-init DIR] [--log-steps]
-       [--no-shuffle] [--order FILE] [--mask-padding]
+       [--no-shuffle] [--order FILE] [--mask-padding] [--dropout-masks FILE]
+       [--max-steps N]
 Prints a progress line per epoch (with --log-steps, one per step) and one JSON line at the end.
 
 For step-by-step comparisons with `qa train`: --save-init writes the starting weights (encoder and
@@ -19,8 +20,11 @@ the freshly initialised span head) as a Hugging Face directory that both trainer
 the batch order irrelevant (--no-shuffle keeps the file order), and --order FILE takes the
 per-epoch orders `qa train` uses (`cargo run -p qa-train --example epoch_order`); --log-steps
 prints the loss of every update; --mask-padding computes the loss as `qa train` does, with the
-span logits of padding positions masked (transformers leaves them in the softmax).
-crates/qa-train/tests/torch_parity.rs uses these.
+span logits of padding positions masked (transformers leaves them in the softmax);
+--dropout-masks FILE drops, in every dropout call, the elements `qa train` dropped (masks are
+indexed by position in the batch, so use it with --order; `cargo run -p qa-train --example
+record_dropout` writes them); --max-steps N stops after N updates without changing the schedule
+(to compare the start of a long run). crates/qa-train/tests/torch_parity.rs uses these.
 """
 
 import argparse
@@ -128,6 +132,39 @@ def span_loss(model, batch):
     return (ce(start, labels["start_positions"]) + ce(end, labels["end_positions"])) / 2
 
 
+def replay_dropout(path):
+    """Makes every dropout call drop what `qa train` dropped: `path` is a JSON list of the masks
+    our CPU training drew, `{"elements": N, "key": K}` in call order
+    (qa_model::kernels::recording_dropout_masks). Element i of the (row-major) input is dropped
+    when lowbias32(lowbias32(i ^ k0) ^ k1) < p * 2^32, k0 and k1 the low and high halves of K."""
+    import numpy as np
+
+    with open(path) as f:
+        masks = iter(json.load(f))
+
+    def lowbias32(x):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0:
+            return input
+        mask = next(masks)
+        n, key = mask["elements"], mask["key"]
+        assert n == input.numel(), f"a dropout call over {input.numel()} elements, ours had {n}"
+        k0, k1 = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
+        with np.errstate(over="ignore"):
+            h = lowbias32(lowbias32(np.arange(n, dtype=np.uint32) ^ k0) ^ k1)
+        keep = torch.from_numpy(h >= np.uint32(int(p * 4294967296.0))).reshape(input.shape)
+        return input * (keep.to(input.dtype) * torch.tensor(1.0 / (1.0 - p), dtype=input.dtype))
+
+    torch.nn.functional.dropout = dropout
+    return masks
+
+
 def save(model, model_dir, out):
     """The model as a Hugging Face directory, with the tokenizer files of `model_dir`."""
     os.makedirs(out, exist_ok=True)
@@ -158,6 +195,8 @@ def main():
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--order", default=None)
     p.add_argument("--mask-padding", action="store_true")
+    p.add_argument("--dropout-masks", default=None)
+    p.add_argument("--max-steps", type=int, default=None)
     args = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
@@ -170,6 +209,10 @@ def main():
     overrides = {}
     if args.dropout is not None:
         overrides = {"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}
+    if args.dropout_masks:
+        # Eager attention, so that the attention probabilities' dropout is a dropout call too.
+        overrides["attn_implementation"] = "eager"
+        replayed = replay_dropout(args.dropout_masks)
     model = BertForQuestionAnswering.from_pretrained(args.model, **overrides)
     if args.save_init:
         save(model, args.model, args.save_init)
@@ -197,7 +240,7 @@ def main():
             orders = json.load(f)
         for o in orders:
             assert sorted(o) == list(range(len(features))), "--order: not a permutation"
-    train_seconds = 0.0
+    train_seconds, updates, trained = 0.0, 0, 0
     for epoch in range(args.epochs):
         losses = []
         for step in range(steps_per_epoch):
@@ -218,18 +261,26 @@ def main():
             optimizer.zero_grad()
             train_seconds += time.perf_counter() - t0
             losses.append(loss.item())
+            updates += 1
+            trained += len(idx)
             if args.log_steps:
-                print(f"step {epoch * steps_per_epoch + step + 1}: loss {loss.item():.6f}", flush=True)
+                print(f"step {updates}: loss {loss.item():.6f}", flush=True)
+            if updates == args.max_steps:
+                break
         print(f"epoch {epoch + 1}: mean loss {sum(losses) / len(losses):.4f}", flush=True)
+        if updates == args.max_steps:
+            break
 
+    if args.dropout_masks and not args.max_steps:
+        assert next(replayed, None) is None, "qa train drew more dropout masks than this run used"
     save(model, args.model, args.out)
     print(
         json.dumps(
             {
                 "torch": torch.__version__,
                 "features": len(features),
-                "steps": total,
-                "features_per_second": len(features) * args.epochs / train_seconds,
+                "steps": updates,
+                "features_per_second": trained / train_seconds if train_seconds else 0.0,
                 "seconds": time.perf_counter() - started,
             }
         )

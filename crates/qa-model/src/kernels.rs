@@ -111,6 +111,26 @@ pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -
     dropout.forward(x)
 }
 
+/// One dropout mask that training on the CPU drew: the number of elements of the tensor it
+/// covered (row-major; attention probabilities as `[batch, heads, seq, seq]`) and its key.
+/// Element `i` is dropped when `lowbias32(lowbias32(i ^ k0) ^ k1) < p · 2³²`, with `k0` and `k1`
+/// the low and high halves of the key and `lowbias32` Chris Wellons' integer hash; kept elements
+/// are scaled by `1 / (1 − p)`. Serialises as `{"elements": …, "key": …}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DrawnMask {
+    pub elements: usize,
+    pub key: u64,
+}
+
+/// Runs `f` and returns its result with the dropout masks that training on the CPU drew
+/// meanwhile, in the order drawn, so that another implementation can drop the same elements
+/// (crates/qa-train/tests/torch_parity.rs replays them in PyTorch). Other backends use burn's
+/// dropout, whose masks are not recorded. Not reentrant.
+#[cfg(feature = "flex")]
+pub fn recording_dropout_masks<T>(f: impl FnOnce() -> T) -> (T, Vec<DrawnMask>) {
+    train::recording_dropout_masks(f)
+}
+
 /// Layer normalisation over the last dimension with `layer`'s γ and β. `eps` must be the one
 /// `layer` was built with (burn keeps it private).
 pub fn layer_norm<B: Backend, const D: usize>(

@@ -1,18 +1,21 @@
-//! A training run equals PyTorch's, step by step: from the same starting weights (encoder and span
-//! head), without dropout and with every feature in one batch (so neither masks nor batch order
-//! differ), `qa train` and `tests/parity/torch_finetune.py` (torch AdamW, transformers' linear
-//! schedule, `clip_grad_norm_`) must report the same loss after every update.
+//! A training run equals PyTorch's, step by step, from the same starting weights (encoder and
+//! span head) with every feature in one batch: `qa train` and `tests/parity/torch_finetune.py`
+//! (torch AdamW, transformers' linear schedule, `clip_grad_norm_`) must report the same loss
+//! after every update. Without dropout nothing random is left; with dropout PyTorch is handed
+//! the batch order and the masks our run drew, so that the two runs still do the same arithmetic.
 //!
-//! Needs `QA_SHARED_DIR` (the shared MiniLM) and `QA_TORCH_PYTHON`, a Python with torch and
-//! transformers; skipped, saying so, without either. CI has no torch, so this runs on machines
-//! that have it (the result is recorded in the issue notes).
+//! Needs `QA_SHARED_DIR` (the shared MiniLM) and `QA_TORCH_PYTHON`, a Python with torch,
+//! transformers and numpy; skipped, saying so, without either. CI has no torch, so this runs on
+//! machines that have it (the result is recorded in the issue notes).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qa_train::{RunOptions, TrainConfig};
 
 const STEPS: usize = 10;
+const SEED: u64 = 42;
 
 fn env_path(name: &str, what: &str) -> Option<PathBuf> {
     let path = std::env::var_os(name).map(PathBuf::from);
@@ -26,79 +29,88 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The first four paragraphs (20 questions) of the shipped SQuAD sample, as a flat list.
-fn write_small_train_set(path: &Path) {
-    let text = std::fs::read_to_string(repo_root().join("datasets/squad-sample/train.json"))
-        .expect("datasets/squad-sample/train.json");
-    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let paragraphs: Vec<serde_json::Value> = doc["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|article| article["paragraphs"].as_array().unwrap().clone())
-        .take(4)
-        .collect();
-    std::fs::write(path, serde_json::Value::Array(paragraphs).to_string()).unwrap();
+/// Where a comparison runs: the first four paragraphs (20 questions, 25 features) of the shipped
+/// SQuAD sample as a flat list, and the two programs.
+struct Bench {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    shared: PathBuf,
+    python: PathBuf,
 }
 
-/// `step N: loss X` lines of the PyTorch script.
-fn torch_losses(stdout: &str) -> Vec<f64> {
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("step "))
-        .map(|l| l.split("loss ").nth(1).unwrap().trim().parse().unwrap())
-        .collect()
-}
+impl Bench {
+    fn new() -> Option<Self> {
+        let shared = env_path("QA_SHARED_DIR", "it points at the shared model assets")?;
+        let python = env_path("QA_TORCH_PYTHON", "a Python with torch and transformers")?;
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(repo_root().join("datasets/squad-sample/train.json"))
+            .expect("datasets/squad-sample/train.json");
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let paragraphs: Vec<serde_json::Value> = doc["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|article| article["paragraphs"].as_array().unwrap().clone())
+            .take(4)
+            .collect();
+        let data = dir.path().join("train.json");
+        std::fs::write(&data, serde_json::Value::Array(paragraphs).to_string()).unwrap();
+        Some(Bench {
+            dir,
+            data,
+            shared,
+            python,
+        })
+    }
 
-#[test]
-fn training_steps_match_pytorch() {
-    let Some(shared) = env_path("QA_SHARED_DIR", "it points at the shared model assets") else {
-        return;
-    };
-    let Some(python) = env_path("QA_TORCH_PYTHON", "a Python with torch and transformers") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("train.json");
-    write_small_train_set(&data);
-    let init = dir.path().join("init");
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
 
-    // PyTorch first: it draws the span head and saves the starting point for both.
-    let output = Command::new(&python)
-        .arg(repo_root().join("tests/parity/torch_finetune.py"))
-        .arg(shared.join("models/all-MiniLM-L6-v2"))
-        .arg(&data)
-        .arg(dir.path().join("torch-out"))
-        .args(["--max-seq-length", "192", "--doc-stride", "64"])
-        .args(["--epochs", &STEPS.to_string(), "--batch-size", "64"])
-        .args([
-            "--lr",
-            "3e-4",
-            "--warmup-ratio",
-            "0.1",
-            "--weight-decay",
-            "0.01",
-        ])
-        .args(["--max-grad-norm", "1.0", "--seed", "42", "--dropout", "0"])
-        .args([
-            "--log-steps",
-            "--mask-padding",
-            "--no-shuffle",
-            "--save-init",
-        ])
-        .arg(&init)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let expected = torch_losses(&String::from_utf8_lossy(&output.stdout));
-    assert_eq!(expected.len(), STEPS);
+    /// PyTorch over `epochs` full-batch steps from `model` with the shared recipe and `extra`
+    /// arguments: the loss after each step, and the number of features.
+    fn torch(&self, model: &Path, epochs: usize, extra: &[OsString]) -> (Vec<f64>, usize) {
+        let output = Command::new(&self.python)
+            .arg(repo_root().join("tests/parity/torch_finetune.py"))
+            .arg(model)
+            .arg(&self.data)
+            .arg(self.path("torch-out"))
+            .args(["--max-seq-length", "192", "--doc-stride", "64"])
+            .args(["--epochs", &epochs.to_string(), "--batch-size", "64"])
+            .args([
+                "--lr",
+                "3e-4",
+                "--warmup-ratio",
+                "0.1",
+                "--weight-decay",
+                "0.01",
+            ])
+            .args(["--max-grad-norm", "1.0", "--seed", &SEED.to_string()])
+            .args(["--log-steps", "--mask-padding"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let losses = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("step "))
+            .map(|l| l.split("loss ").nth(1).unwrap().trim().parse().unwrap())
+            .collect();
+        let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        (losses, summary["features"].as_u64().unwrap() as usize)
+    }
 
-    let config = format!(
-        r#"model = "{init}"
+    /// `qa train` over STEPS full-batch steps from `model`: the loss after each step, and the
+    /// number of trainable features.
+    fn ours(&self, model: &Path) -> (Vec<f64>, usize) {
+        let config = format!(
+            r#"model = "{model}"
 train_data = "{data}"
 output_dir = "{out}"
 max_seq_length = 192
@@ -116,35 +128,101 @@ use_early_stopping = false
 save_steps = 0
 save_eval_checkpoints = false
 save_model_every_epoch = false
-manual_seed = 42
+manual_seed = {SEED}
 device = "cpu"
 "#,
-        init = init.display(),
-        data = data.display(),
-        out = dir.path().join("ours").display(),
-    );
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let config = TrainConfig::load(&path, &[]).unwrap();
-    let summary = qa_train::train(&config, &RunOptions::default(), &|_| {}).unwrap();
+            model = model.display(),
+            data = self.data.display(),
+            out = self.path("ours").display(),
+        );
+        let path = self.path("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let config = TrainConfig::load(&path, &[]).unwrap();
+        let summary = qa_train::train(&config, &RunOptions::default(), &|_| {}).unwrap();
+        let log = std::fs::read_to_string(summary.output_dir.join("training_loss.jsonl")).unwrap();
+        let losses = log
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        (losses, summary.train_features)
+    }
+}
 
-    let log = std::fs::read_to_string(summary.output_dir.join("training_loss.jsonl")).unwrap();
-    let ours: Vec<f64> = log
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(ours.len(), STEPS, "{log}");
+fn assert_same_losses(ours: &[f64], expected: &[f64]) {
+    assert_eq!(ours.len(), STEPS, "ours {ours:?}");
+    assert_eq!(expected.len(), STEPS, "PyTorch {expected:?}");
     // The loss falls, so the comparison covers a run that learns, not one that stands still.
     assert!(ours[STEPS - 1] < ours[0] * 0.8, "{ours:?}");
-    for (step, (a, b)) in ours.iter().zip(&expected).enumerate() {
+    for (step, (a, b)) in ours.iter().zip(expected).enumerate() {
         assert!(
             (a - b).abs() <= 1e-3 * b.abs().max(1.0),
             "step {}: ours {a}, PyTorch {b}\nours {ours:?}\nPyTorch {expected:?}",
             step + 1
         );
     }
+}
+
+#[test]
+fn training_steps_match_pytorch() {
+    let Some(bench) = Bench::new() else {
+        return;
+    };
+    // PyTorch first: it draws the span head and saves the starting point for both.
+    let init = bench.path("init");
+    let mut extra: Vec<OsString> = ["--dropout", "0", "--no-shuffle", "--save-init"]
+        .map(OsString::from)
+        .to_vec();
+    extra.push(init.clone().into());
+    let model = bench.shared.join("models/all-MiniLM-L6-v2");
+    let (expected, _) = bench.torch(&model, STEPS, &extra);
+    let (ours, _) = bench.ours(&init);
+    assert_same_losses(&ours, &expected);
+}
+
+#[test]
+fn training_steps_with_dropout_match_pytorch_given_our_masks() {
+    let Some(bench) = Bench::new() else {
+        return;
+    };
+    // The starting point, with dropout 0.1 in its config (no training steps).
+    let init = bench.path("init");
+    let model = bench.shared.join("models/all-MiniLM-L6-v2");
+    let mut extra: Vec<OsString> = ["--dropout", "0.1", "--save-init"]
+        .map(OsString::from)
+        .to_vec();
+    extra.push(init.clone().into());
+    bench.torch(&model, 0, &extra);
+
+    let ((ours, features), masks) =
+        qa_model::kernels::recording_dropout_masks(|| bench.ours(&init));
+    // Per step: the embeddings, then attention probabilities and two hidden outputs per layer.
+    assert_eq!(masks.len(), STEPS * (1 + 3 * 6), "{} masks", masks.len());
+
+    // Masks are indexed by position in the batch: PyTorch gets our order too. Every feature is
+    // trainable here (checked against PyTorch's count below), so indices are the same in both.
+    let all: Vec<usize> = (0..features).collect();
+    let orders: Vec<Vec<usize>> = (0..STEPS)
+        .map(|epoch| qa_train::batch::epoch_order(&all, SEED, epoch))
+        .collect();
+    let order = bench.path("order.json");
+    std::fs::write(&order, serde_json::to_string(&orders).unwrap()).unwrap();
+    let masks_file = bench.path("masks.json");
+    std::fs::write(&masks_file, serde_json::to_string(&masks).unwrap()).unwrap();
+
+    let extra = [
+        OsString::from("--order"),
+        order.into(),
+        OsString::from("--dropout-masks"),
+        masks_file.into(),
+    ];
+    let (expected, torch_features) = bench.torch(&init, STEPS, &extra);
+    assert_eq!(
+        features, torch_features,
+        "trainable features, ours and PyTorch"
+    );
+    assert_same_losses(&ours, &expected);
 }

@@ -7,7 +7,7 @@
 //! built from the f32 routines of [`super::flex`] and [`super::math`]: the same arithmetic as the
 //! inference path, multi-threaded, without the copies.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -20,6 +20,7 @@ use burn::tensor::{Bool, DType, Distribution, Tensor, TensorMetadata};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::DrawnMask;
 use super::flex::{
     AttentionShape, CHUNK, Mat, attention_backward_f32, attention_f32, f32_tensor, f32s, host_mask,
     linear_f32, map_chunks, matmul,
@@ -265,14 +266,51 @@ fn dropout_key() -> u64 {
     })
 }
 
+/// The masks drawn while [`recording_dropout_masks`] runs; `None` when nothing records.
+static RECORDED: Mutex<Option<Vec<DrawnMask>>> = Mutex::new(None);
+
+fn recorded() -> MutexGuard<'static, Option<Vec<DrawnMask>>> {
+    RECORDED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The mask of one dropout call over a tensor of `elements` elements.
+fn draw_mask(prob: f64, elements: usize) -> DropoutMask {
+    let key = dropout_key();
+    if let Some(record) = recorded().as_mut() {
+        record.push(DrawnMask { elements, key });
+    }
+    DropoutMask::new(prob, key)
+}
+
+/// See [`super::recording_dropout_masks`].
+pub(super) fn recording_dropout_masks<T>(f: impl FnOnce() -> T) -> (T, Vec<DrawnMask>) {
+    /// Ends the recording when dropped, also when `f` panics.
+    struct Recording;
+    impl Drop for Recording {
+        fn drop(&mut self) {
+            recorded().take();
+        }
+    }
+    {
+        let mut record = recorded();
+        assert!(record.is_none(), "dropout masks are already being recorded");
+        *record = Some(Vec::new());
+    }
+    let _recording = Recording;
+    let out = f();
+    let masks = recorded().take().unwrap_or_default();
+    (out, masks)
+}
+
 pub(super) fn dropout<B: Backend, const D: usize>(
     prob: f64,
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if !is_ad_flex::<B>() {
+    if !is_ad_flex::<B>() || x.dtype() != DType::F32 {
         return Err(x);
     }
-    dropout_with(DropoutMask::new(prob, dropout_key()), x)
+    let mask = draw_mask(prob, x.shape().num_elements());
+    dropout_with(mask, x)
 }
 
 fn dropout_with<B: Backend, const D: usize>(
@@ -439,10 +477,11 @@ pub(super) fn attention<B: Backend>(
     heads: usize,
     dropout_prob: f64,
 ) -> Option<Tensor<B, 3>> {
-    if !is_ad_flex::<B>() {
+    if !is_ad_flex::<B>() || q.dtype() != DType::F32 {
         return None;
     }
-    let dropout = (dropout_prob > 0.0).then(|| DropoutMask::new(dropout_prob, dropout_key()));
+    let [batch, seq, _] = q.dims();
+    let dropout = (dropout_prob > 0.0).then(|| draw_mask(dropout_prob, batch * heads * seq * seq));
     attention_with(q, k, v, padding, heads, dropout)
 }
 
@@ -721,5 +760,50 @@ mod tests {
         };
         assert_eq!(again(5), again(5));
         assert_ne!(again(5), again(6));
+    }
+
+    /// `DrawnMask`'s documented rule, written out on its own: element `i` is dropped when
+    /// `lowbias32(lowbias32(i ^ k0) ^ k1) < p · 2³²`.
+    fn documented_drop(key: u64, prob: f64, i: u32) -> bool {
+        let lowbias32 = |mut x: u32| {
+            x ^= x >> 16;
+            x = x.wrapping_mul(0x7feb_352d);
+            x ^= x >> 15;
+            x = x.wrapping_mul(0x846c_a68b);
+            x ^ (x >> 16)
+        };
+        lowbias32(lowbias32(i ^ key as u32) ^ (key >> 32) as u32) < (prob * 4_294_967_296.0) as u32
+    }
+
+    // No other test in this binary draws masks from the generator (they hand their masks over),
+    // so nothing else can land in this recording.
+    #[test]
+    fn recorded_masks_are_the_ones_applied_in_call_order() {
+        let prob = 0.1;
+        let device = Default::default();
+        let ones = |shape: [usize; 3]| Tensor::<B, 3>::ones(shape, &device).require_grad();
+        let (outputs, masks) = recording_dropout_masks(|| {
+            let first = dropout(prob, ones([3, 50, 40])).unwrap_or_else(|_| panic!("not taken"));
+            let qkv = [0, 1, 2].map(|_| random([2, 9, 8]));
+            let attended = attention(&qkv[0], &qkv[1], &qkv[2], None, 2, prob);
+            assert!(attended.is_some());
+            let second = dropout(prob, ones([7, 11, 1])).unwrap_or_else(|_| panic!("not taken"));
+            [values(first), values(second)]
+        });
+        let elements: Vec<usize> = masks.iter().map(|m| m.elements).collect();
+        assert_eq!(elements, [3 * 50 * 40, 2 * 2 * 9 * 9, 7 * 11]);
+        for (out, mask) in outputs.iter().zip([masks[0], masks[2]]) {
+            let dropped: Vec<bool> = out.iter().map(|&v| v == 0.0).collect();
+            let documented: Vec<bool> = (0..out.len() as u32)
+                .map(|i| documented_drop(mask.key, prob, i))
+                .collect();
+            assert_eq!(dropped, documented);
+        }
+        assert_ne!(masks[0].key, masks[2].key);
+
+        // Outside a recording nothing is kept, and the next recording starts empty.
+        let _ = dropout(prob, ones([2, 2, 2]));
+        let ((), masks) = recording_dropout_masks(|| ());
+        assert!(masks.is_empty());
     }
 }
