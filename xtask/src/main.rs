@@ -4,9 +4,11 @@
 //! - `train`: download what is missing, train, evaluate against the untrained baseline, and write
 //!   a report. With no arguments it runs `configs/quickstart.toml`.
 //! - `bench`: the benchmarks of every crate in one run, written into `docs/benchmarks.md`.
+//! - `gpu-kit`: the binary, model and data a run on the lent GPU machine needs, in `gpu-carry/`.
 
 mod bench;
 mod download;
+mod gpu_kit;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +51,17 @@ enum Command {
         /// Only print the results.
         #[arg(long)]
         no_write: bool,
+    },
+    /// Put what `xtask/gpu-run.sh` needs on the GPU machine into one folder to carry there.
+    GpuKit {
+        /// The shared assets (MiniLM and SQuAD v1.1).
+        #[arg(long, default_value = "../shared")]
+        shared: PathBuf,
+        #[arg(long, default_value = "gpu-carry")]
+        out: PathBuf,
+        /// Replace an existing kit.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -129,6 +142,7 @@ fn main() -> std::process::ExitCode {
             mirror,
         } => train::run(&config, &overrides, mirror.as_deref()),
         Command::Bench { no_write } => bench::run(!no_write),
+        Command::GpuKit { shared, out, force } => gpu_kit::run(&shared, &out, force),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
