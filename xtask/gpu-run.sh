@@ -9,7 +9,8 @@
 #    (tells kernel compilation from a hang: the first steps carry the compilation);
 # 3. if that passed, the quality recipe (configs/squad-minilm.toml: MiniLM, SQuAD v1.1, 2 epochs,
 #    384/128, batch 32) on CUDA for what is left of SECONDS (default 540), a line every 20 steps,
-#    then dev EM/F1 if it finishes. A run stopped by the time limit still reports its speed.
+#    then dev EM/F1 if it finishes. For a run stopped by the time limit, the timestamped step
+#    lines give its speed.
 # Logs go to $OUT (or /tmp/kit/out) for the device tool to bring back; copy the figures into
 # docs/gpu-notes.md.
 set -uo pipefail
@@ -23,9 +24,9 @@ mkdir -p /tmp/kit "$out"
 stamp() { while IFS= read -r line; do printf '%s %s\n' "${EPOCHREALTIME}" "$line"; done; }
 
 # Unpacked with Python's lzma: the machine's image always has python3, not necessarily xz.
-unxz() { python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],"wb"))' "$1" "$2"; }
-unxz "$kit/qa.xz" /tmp/kit/qa && chmod +x /tmp/kit/qa || exit 1
-for f in train-v1.1.json dev-v1.1.json; do unxz "$kit/$f.xz" "/tmp/kit/$f" || exit 1; done
+unpack() { python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],"wb"))' "$1" "$2"; }
+unpack "$kit/qa.xz" /tmp/kit/qa && chmod +x /tmp/kit/qa || exit 1
+for f in train-v1.1.json dev-v1.1.json; do unpack "$kit/$f.xz" "/tmp/kit/$f" || exit 1; done
 export CUDA_PATH=/usr/local/cuda LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 

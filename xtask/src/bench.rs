@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::{qa, run_json, say, workspace_root};
+use crate::{cargo, qa, run_json, say, shared_dir, target_dir, workspace_root};
 
 const BEGIN: &str = "<!-- xtask bench: begin -->";
 const END: &str = "<!-- xtask bench: end -->";
@@ -96,25 +96,8 @@ impl CriterionBench {
     }
 }
 
-fn shared_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("QA_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared"));
-    if !dir.join("models/all-MiniLM-L6-v2").is_dir() {
-        bail!(
-            "benchmarks need the shared assets: set QA_SHARED_DIR (looked in {})",
-            dir.display()
-        );
-    }
-    Ok(dir.canonicalize()?)
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
 pub fn run(write: bool) -> anyhow::Result<()> {
-    let shared = shared_dir()?;
+    let shared = shared_dir("benchmarks")?;
     for (package, bench) in [("qa-data", "windowing"), ("qa-model", "inference")] {
         say(format!("cargo bench -p {package} --bench {bench}"));
         let status = cargo()
@@ -129,9 +112,7 @@ pub fn run(write: bool) -> anyhow::Result<()> {
     let model = shared.join("models/all-MiniLM-L6-v2");
     let torch = torch_reference("torch_latency.py", &[model.as_os_str()])?;
     let mut rows = Vec::new();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target = target_dir();
     for bench in CRITERION {
         let path = bench.estimates_path(&target.join("criterion"));
         let text = std::fs::read_to_string(&path)

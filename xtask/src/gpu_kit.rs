@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::download::write_atomic;
+use crate::{cargo, shared_dir, target_dir};
 
 /// What the device tool carries at most, less room for the rest of the working tree.
 const LIMIT: u64 = 60 << 20;
@@ -27,38 +28,32 @@ const MODEL_FILES: [&str; 5] = [
 /// The SQuAD files, as `../shared` holds them compressed.
 const DATA_FILES: [&str; 2] = ["train-v1.1.json.xz", "dev-v1.1.json.xz"];
 
-pub fn run(shared: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
+pub fn run(out: &Path, force: bool) -> anyhow::Result<()> {
+    let shared = shared_dir("GPU kits")?;
+    let model = shared.join("models/all-MiniLM-L6-v2");
+    let data = shared.join("data/squad");
+    if let Some(missing) = DATA_FILES
+        .iter()
+        .map(|f| data.join(f))
+        .find(|p| !p.is_file())
+    {
+        bail!("{} is missing", missing.display());
+    }
     if out.exists() {
         if !force {
             bail!("{} exists; pass --force to rebuild it", out.display());
         }
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
-    let model = shared.join("models/all-MiniLM-L6-v2");
-    let data = shared.join("data/squad");
-    for needed in [&model, &data] {
-        if !needed.is_dir() {
-            bail!("{} is missing: pass --shared DIR", needed.display());
-        }
-    }
     std::fs::create_dir_all(out.join("model"))?;
 
     eprintln!("building qa (release, with CUDA)");
-    command(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "--release",
-            "-p",
-            "qa-cli",
-            "--bin",
-            "qa",
-        ]),
-    )?;
+    command(cargo().args(["build", "--release", "-p", "qa-cli", "--bin", "qa"]))?;
     let stripped = out.join("qa");
     command(
         Command::new("objcopy")
             .arg("--strip-debug")
-            .arg("target/release/qa")
+            .arg(target_dir().join("release/qa"))
             .arg(&stripped),
     )?;
     command(Command::new("xz").args(["-6", "-T2"]).arg(&stripped))?;

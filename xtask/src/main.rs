@@ -53,10 +53,8 @@ enum Command {
         no_write: bool,
     },
     /// Put what `xtask/gpu-run.sh` needs on the GPU machine into one folder to carry there.
+    /// The MiniLM and SQuAD v1.1 files come from `$QA_SHARED_DIR` (default `../shared`).
     GpuKit {
-        /// The shared assets (MiniLM and SQuAD v1.1).
-        #[arg(long, default_value = "../shared")]
-        shared: PathBuf,
         #[arg(long, default_value = "gpu-carry")]
         out: PathBuf,
         /// Replace an existing kit.
@@ -84,10 +82,36 @@ fn say(line: String) {
     eprintln!("{line}");
 }
 
+/// The shared assets (`$QA_SHARED_DIR`, default `../shared`); `needed_by` (plural) names who needs
+/// them in the error.
+pub fn shared_dir(needed_by: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("QA_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared"));
+    if !dir.join("models/all-MiniLM-L6-v2").is_dir() {
+        anyhow::bail!(
+            "{needed_by} need the shared assets: set QA_SHARED_DIR (looked in {})",
+            dir.display()
+        );
+    }
+    Ok(dir.canonicalize()?)
+}
+
+/// The cargo that runs us (`$CARGO`), else the one on the path.
+pub fn cargo() -> std::process::Command {
+    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Where cargo builds (`$CARGO_TARGET_DIR`, default `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// `cargo run --release -p qa-cli --bin qa --`: the project's own binary, built when needed.
 pub fn qa() -> std::process::Command {
-    let mut c =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut c = cargo();
     c.args([
         "run",
         "--quiet",
@@ -142,7 +166,7 @@ fn main() -> std::process::ExitCode {
             mirror,
         } => train::run(&config, &overrides, mirror.as_deref()),
         Command::Bench { no_write } => bench::run(!no_write),
-        Command::GpuKit { shared, out, force } => gpu_kit::run(&shared, &out, force),
+        Command::GpuKit { out, force } => gpu_kit::run(&out, force),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

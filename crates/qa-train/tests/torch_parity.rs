@@ -152,6 +152,13 @@ device = "cpu"
     }
 }
 
+/// PyTorch's arguments for a run with `dropout` that saves its starting point in `init`.
+fn save_init(dropout: &str, init: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["--dropout", dropout, "--save-init"].map(Into::into).into();
+    args.push(init.into());
+    args
+}
+
 fn assert_same_losses(ours: &[f64], expected: &[f64]) {
     assert_eq!(ours.len(), STEPS, "ours {ours:?}");
     assert_eq!(expected.len(), STEPS, "PyTorch {expected:?}");
@@ -173,10 +180,8 @@ fn training_steps_match_pytorch() {
     };
     // PyTorch first: it draws the span head and saves the starting point for both.
     let init = bench.path("init");
-    let mut extra: Vec<OsString> = ["--dropout", "0", "--no-shuffle", "--save-init"]
-        .map(OsString::from)
-        .to_vec();
-    extra.push(init.clone().into());
+    let mut extra = save_init("0", &init);
+    extra.push("--no-shuffle".into());
     let model = bench.shared.join("models/all-MiniLM-L6-v2");
     let (expected, _) = bench.torch(&model, STEPS, &extra);
     let (ours, _) = bench.ours(&init);
@@ -191,11 +196,7 @@ fn training_steps_with_dropout_match_pytorch_given_our_masks() {
     // The starting point, with dropout 0.1 in its config (no training steps).
     let init = bench.path("init");
     let model = bench.shared.join("models/all-MiniLM-L6-v2");
-    let mut extra: Vec<OsString> = ["--dropout", "0.1", "--save-init"]
-        .map(OsString::from)
-        .to_vec();
-    extra.push(init.clone().into());
-    bench.torch(&model, 0, &extra);
+    bench.torch(&model, 0, &save_init("0.1", &init));
 
     let ((ours, features), masks) =
         qa_model::kernels::recording_dropout_masks(|| bench.ours(&init));
