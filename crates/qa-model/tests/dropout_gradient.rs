@@ -7,24 +7,26 @@
 
 use std::sync::Mutex;
 
-use burn::backend::Autodiff;
+use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
 use qa_model::{BertConfig, BertForQuestionAnswering, BertInput, CpuBackend, load_pretrained};
 
 static RNG: Mutex<()> = Mutex::new(());
 
 type Ad = Autodiff<CpuBackend>;
+/// burn's own operations for every layer, as on CUDA (`Ad` runs our CPU training kernels).
+type AdBurn = Autodiff<NdArray>;
 
 /// A batch of `[batch, seq]` ids below `vocab` whose last row is partly padding, and a fixed
 /// linear read-out of both logits (so every position contributes) as the loss.
-struct Probe {
-    input: BertInput<Ad>,
-    weights: Tensor<Ad, 2>,
+struct Probe<B: AutodiffBackend> {
+    input: BertInput<B>,
+    weights: Tensor<B, 2>,
 }
 
-impl Probe {
+impl<B: AutodiffBackend> Probe<B> {
     fn new(batch: usize, seq: usize, vocab: usize) -> Self {
         let device = Default::default();
         let n = batch * seq;
@@ -35,7 +37,7 @@ impl Probe {
         let padding: Vec<bool> = (0..n)
             .map(|i| i / seq == batch - 1 && i % seq >= seq * 2 / 3)
             .collect();
-        Ad::seed(&device, 7);
+        B::seed(&device, 7);
         Probe {
             input: BertInput::from_host(ids, types, padding, [batch, seq], &device),
             weights: Tensor::random([batch, seq], Distribution::Normal(0.0, 1.0), &device),
@@ -43,25 +45,25 @@ impl Probe {
     }
 
     /// The loss of a training forward whose dropout masks are always the same (fixed seed).
-    fn loss(&self, model: &BertForQuestionAnswering<Ad>) -> Tensor<Ad, 1> {
-        Ad::seed(&Default::default(), 2024);
+    fn loss(&self, model: &BertForQuestionAnswering<B>) -> Tensor<B, 1> {
+        B::seed(&Default::default(), 2024);
         let out = model.forward(&self.input);
         let masked = self.input.padding_mask.clone().unwrap();
         let read =
-            |l: Tensor<Ad, 2>| (l.mask_fill(masked.clone(), 0.0) * self.weights.clone()).sum();
+            |l: Tensor<B, 2>| (l.mask_fill(masked.clone(), 0.0) * self.weights.clone()).sum();
         read(out.start) + read(out.end) * 0.5
     }
 }
 
 /// Random directions for the selected float parameters, and each one's gradient along it.
-struct Directions<'a> {
-    grads: &'a <Ad as AutodiffBackend>::Gradients,
+struct Directions<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
     selected: Option<&'a [ParamId]>,
     out: Vec<(ParamId, TensorData, f32)>,
 }
 
-impl ModuleVisitor<Ad> for Directions<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Ad, D>>) {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Directions<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if self.selected.is_some_and(|ids| !ids.contains(&param.id)) {
             return;
         }
@@ -69,12 +71,12 @@ impl ModuleVisitor<Ad> for Directions<'_> {
         let grad = value
             .grad(self.grads)
             .expect("every parameter has a gradient");
-        let dir = Tensor::<Ad, D>::random(
+        let dir = Tensor::<B, D>::random(
             value.shape(),
             Distribution::Normal(0.0, 1.0),
             &Default::default(),
         );
-        let along: f32 = (grad * dir.clone().inner()).sum().into_scalar();
+        let along: f32 = (grad * dir.clone().inner()).sum().into_scalar().elem();
         self.out.push((param.id, dir.into_data(), along));
     }
 }
@@ -86,13 +88,13 @@ struct Move<'a> {
     h: f32,
 }
 
-impl ModuleMapper<Ad> for Move<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<Ad, D>>) -> Param<Tensor<Ad, D>> {
+impl<B: AutodiffBackend> ModuleMapper<B> for Move<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         if param.id != self.id {
             return param;
         }
         let value = param.val();
-        let dir = Tensor::<Ad, D>::from_data(self.dir.clone(), &value.device());
+        let dir = Tensor::<B, D>::from_data(self.dir.clone(), &value.device());
         Param::initialized(param.id, (value + dir * self.h).detach().require_grad())
     }
 }
@@ -101,9 +103,9 @@ impl ModuleMapper<Ad> for Move<'_> {
 /// with central finite differences of the same forward (same seed, so the same masks) along a
 /// random direction by more than 2 % of `|gradient|.max(floor)` (forward and backward must drop
 /// the same elements in every layer), with the number of parameters compared.
-fn gradient_mismatches(
-    model: &BertForQuestionAnswering<Ad>,
-    probe: &Probe,
+fn gradient_mismatches<B: AutodiffBackend>(
+    model: &BertForQuestionAnswering<B>,
+    probe: &Probe<B>,
     selected: Option<&[ParamId]>,
     floor: f32,
 ) -> (usize, Vec<String>) {
@@ -120,6 +122,7 @@ fn gradient_mismatches(
             probe
                 .loss(&model.clone().map(&mut Move { id: *id, dir, h }))
                 .into_scalar()
+                .elem::<f32>()
         };
         let h = 1e-3;
         let numeric = (moved(h) - moved(-h)) / (2.0 * h);
@@ -132,17 +135,38 @@ fn gradient_mismatches(
     (directions.out.len(), failures)
 }
 
-/// Every parameter tensor of a tiny model, one at a time.
-#[test]
-fn every_parameter_gradient_with_dropout_matches_finite_differences() {
+/// Every parameter tensor of a tiny model on backend `B`, one at a time.
+fn tiny_model_gradients_match_finite_differences<B: AutodiffBackend>() {
     let _alone = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let config = BertConfig::tiny(16);
     assert!(config.hidden_dropout_prob > 0.0 && config.attention_probs_dropout_prob > 0.0);
-    Ad::seed(&Default::default(), 12);
-    let model = BertForQuestionAnswering::<Ad>::init(&config, &Default::default());
-    let (checked, failures) = gradient_mismatches(&model, &Probe::new(3, 20, 16), None, 1e-2);
+    B::seed(&Default::default(), 12);
+    let model = BertForQuestionAnswering::<B>::init(&config, &Default::default());
+    let probe = Probe::<B>::new(3, 20, 16);
+    // Dropout is applied: another seed, other masks, another loss.
+    let loss = |seed| {
+        B::seed(&Default::default(), seed);
+        let out = model.forward(&probe.input);
+        (out.start.sum() + out.end.sum())
+            .into_scalar()
+            .elem::<f32>()
+    };
+    assert_ne!(loss(1), loss(2), "the same loss under other masks");
+    let (checked, failures) = gradient_mismatches(&model, &probe, None, 1e-2);
     assert!(checked > 30, "{checked} parameters");
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// With our CPU training kernels.
+#[test]
+fn every_parameter_gradient_with_dropout_matches_finite_differences() {
+    tiny_model_gradients_match_finite_differences::<Ad>();
+}
+
+/// With burn's own operations and dropout: the layers a GPU runs.
+#[test]
+fn every_parameter_gradient_with_burns_dropout_matches_finite_differences() {
+    tiny_model_gradients_match_finite_differences::<AdBurn>();
 }
 
 /// The real MiniLM at a training size (work split across threads and SIMD lanes as in
