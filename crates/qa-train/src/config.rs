@@ -242,28 +242,57 @@ pub struct ConfigError {
 
 impl TrainConfig {
     /// Reads a TOML file, applies `key=value` overrides, resolves relative paths against the
-    /// current directory and validates.
+    /// current directory and validates. A wrong key or value is reported at its line in the file,
+    /// or as the override it came from.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        use std::borrow::Cow;
+        use toml::Spanned;
+        use toml::de::{DeTable, DeValue};
+
         let err = |message: String| ConfigError {
             path: path.to_path_buf(),
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        for o in overrides {
-            let (key, value) = o
-                .split_once('=')
-                .ok_or_else(|| err(format!("override '{o}' is not key=value")))?;
-            // Values parse as TOML (numbers, booleans, quoted strings); anything else is a string.
-            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        let mut root = DeTable::parse(&text).map_err(|e| err(e.to_string()))?;
+        let whole = root.span();
+        let sets: Vec<(&str, String)> = overrides
+            .iter()
+            .map(|o| {
+                o.split_once('=')
+                    .map(|(key, value)| (key.trim(), format!("v = {value}")))
+                    .ok_or_else(|| err(format!("override '{o}' is not key=value")))
+            })
+            .collect::<Result<_, _>>()?;
+        for (i, (key, doc)) in sets.iter().enumerate() {
+            // Values parse as TOML (numbers, booleans, quoted strings); anything else is a
+            // string. Spans past the end of the file mark the value as the i-th override's.
+            let value = DeTable::parse(doc)
                 .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_string()));
-            table.insert(key.trim().to_string(), value);
+                .and_then(|t| t.into_inner().into_iter().next())
+                .map(|(_, v)| v.into_inner())
+                .unwrap_or_else(|| DeValue::String(Cow::Borrowed(&doc["v = ".len()..])));
+            let span = text.len() + i..text.len() + i + 1;
+            root.get_mut().insert(
+                Spanned::new(span.clone(), Cow::Borrowed(*key)),
+                Spanned::new(span, value),
+            );
         }
-        let config: TrainConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| err(e.message().to_string()))?;
+        let config = TrainConfig::deserialize(toml::de::Deserializer::from(root)).map_err(
+            |mut e: toml::de::Error| match e.span() {
+                Some(s) if s == whole => err(e.message().to_string()),
+                Some(s) if s.end <= text.len() => {
+                    e.set_input(Some(&text));
+                    err(e.to_string().trim_end().to_string())
+                }
+                Some(s) => err(format!(
+                    "--set {}: {}",
+                    overrides[s.start - text.len()],
+                    e.message()
+                )),
+                None => err(e.message().to_string()),
+            },
+        )?;
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -407,6 +436,7 @@ mod tests {
         let (_d, path) = write(&format!("{MINIMAL}learning_rat = 1e-5\n"));
         let err = TrainConfig::load(&path, &[]).unwrap_err().to_string();
         assert!(err.contains("unknown field `learning_rat`"), "{err}");
+        assert!(err.contains("at line 4, column 1"), "{err}");
     }
 
     #[test]
@@ -424,10 +454,40 @@ mod tests {
         assert_eq!(c.learning_rate, 1e-5);
         assert_eq!(c.output_dir, PathBuf::from("out/x"));
         assert!(c.pad_to_max_length);
-        let err = TrainConfig::load(&path, &["num_train_epochs=two".into()]).unwrap_err();
+        let err = TrainConfig::load(&path, &["num_train_epochs=two".into()])
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.to_string().contains("num_train_epochs")
-                || err.to_string().contains("invalid type"),
+            err.contains("--set num_train_epochs=two: invalid type: string \"two\""),
+            "{err}"
+        );
+        let err = TrainConfig::load(&path, &["learning_rat=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set learning_rat=1: unknown field `learning_rat`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_value_is_shown_at_its_line() {
+        let (_d, path) = write(&format!(
+            "{MINIMAL}# the original's\nmax_seq_length = \"long\"\n"
+        ));
+        let err = TrainConfig::load(&path, &[]).unwrap_err().to_string();
+        assert!(err.contains("c.toml: TOML parse error at line 5"), "{err}");
+        assert!(err.contains("max_seq_length = \"long\""), "{err}");
+        assert!(
+            err.contains("invalid type: string \"long\", expected usize"),
+            "{err}"
+        );
+        // An override replaces the file's value, and its mistakes are the override's.
+        let err = TrainConfig::load(&path, &["max_seq_length=384".into(), "device=gpu".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set device=gpu: unknown variant `gpu`"),
             "{err}"
         );
     }
