@@ -50,6 +50,13 @@ struct StateFile {
     records: Vec<(String, String)>,
 }
 
+/// The directory of the checkpoint `checkpoints/latest` names.
+pub fn latest(output_dir: &Path) -> std::io::Result<PathBuf> {
+    let root = output_dir.join(CHECKPOINTS_DIR);
+    let name = std::fs::read_to_string(root.join(LATEST))?;
+    Ok(root.join(name.trim()))
+}
+
 /// Writes a checkpoint of `records` (file name, bytes) and `state`, then prunes older ones.
 pub fn save(
     output_dir: &Path,
@@ -114,15 +121,12 @@ impl Loaded {
 
 /// The checkpoint `latest` points at, with every checksum verified.
 pub fn load_latest(output_dir: &Path) -> anyhow::Result<Loaded> {
-    let root = output_dir.join(CHECKPOINTS_DIR);
-    let latest = root.join(LATEST);
-    let name = std::fs::read_to_string(&latest).with_context(|| {
+    let dir = latest(output_dir).with_context(|| {
         format!(
             "no checkpoint to resume from: {} does not exist",
-            latest.display()
+            output_dir.join(CHECKPOINTS_DIR).join(LATEST).display()
         )
     })?;
-    let dir = root.join(name.trim());
     let state_path = dir.join(STATE);
     let text =
         std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?;

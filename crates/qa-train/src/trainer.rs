@@ -170,6 +170,12 @@ pub fn train<B: AutodiffBackend>(
     let started = Instant::now();
     let out = &config.output_dir;
     prepare_output_dir(config, options)?;
+    // A resume reads and verifies its checkpoint before anything is written, so that a failed
+    // one leaves the output dir as it was.
+    let resume_from = options
+        .resume
+        .then(|| checkpoint::load_latest(out))
+        .transpose()?;
 
     let model_dir = resolve_model(&config.model)?;
     let tokenizer = QaTokenizer::from_path(&model_dir, Casing::Auto)?;
@@ -246,8 +252,7 @@ pub fn train<B: AutodiffBackend>(
         losses: Vec::new(),
         config: comparable(config),
     };
-    if options.resume {
-        let ckpt = checkpoint::load_latest(out)?;
+    if let Some(ckpt) = resume_from {
         check_same_config(&ckpt.state.config, &state.config)?;
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
         let model_record = recorder
@@ -328,12 +333,15 @@ pub fn train<B: AutodiffBackend>(
                 learner.train_step(SpanBatch::new(&batch, 1.0 / accumulation as f64, &device));
             let value = output.item.0;
             if !value.is_finite() {
+                let kept = match checkpoint::latest(out) {
+                    Ok(dir) => format!("the last good checkpoint, {}, is kept", dir.display()),
+                    Err(_) => "no checkpoint had been written yet".to_string(),
+                };
                 bail!(
-                    "training loss became {value} at step {} (epoch {}); stopped. The last good \
-                     checkpoint in {} is kept; lower learning_rate or check the data",
-                    state.global_step,
+                    "training loss became {value} at step {} (epoch {}); stopped: {kept}. Lower \
+                     learning_rate or check the data",
+                    state.global_step + 1,
                     state.epoch + 1,
-                    out.join(checkpoint::CHECKPOINTS_DIR).display()
                 );
             }
             accumulator.accumulate(&learner.model(), output.grads);

@@ -234,3 +234,37 @@ fn existing_output_dir_is_not_touched_without_permission() {
         "mine"
     );
 }
+
+#[test]
+fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
+    let Some(model) = shared_model() else { return };
+    let _turn = one_run_at_a_time();
+    // A learning rate no model survives: the loss turns NaN after the first updates.
+    let (_dir, mut config) = setup(
+        &model,
+        "max_steps = 6\nnum_train_epochs = 6\ntrain_batch_size = 2\nlearning_rate = 1e9\nwarmup_ratio = 0.0\nevaluate_during_training = false\n",
+    );
+    config.save_steps = 1;
+    let err = qa_train::train(&config, &RunOptions::default(), &quiet)
+        .expect_err("a run at learning rate 1e9 fails")
+        .to_string();
+    assert!(err.contains("training loss became NaN at step "), "{err}");
+    let failed_at: usize = err
+        .split("at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step in: {err}"));
+    // The checkpoint the message names is the one `latest` points at, it is intact and it holds
+    // the update before the failing step.
+    let latest = qa_train::checkpoint::latest(&config.output_dir).unwrap();
+    assert!(
+        err.contains(&format!(
+            "the last good checkpoint, {}, is kept",
+            latest.display()
+        )),
+        "{err}"
+    );
+    let kept = qa_train::checkpoint::load_latest(&config.output_dir).unwrap();
+    assert_eq!(kept.state.global_step + 1, failed_at, "{err}");
+}
