@@ -67,20 +67,25 @@ pub struct TrainConfig {
     #[serde(default)]
     pub pad_to_max_length: bool,
 
+    /// Passes over the training features.
     #[serde(default = "d::num_train_epochs")]
     pub num_train_epochs: usize,
     /// Stop after this many optimizer steps (0 = no limit); for smoke runs.
     #[serde(default)]
     pub max_steps: usize,
+    /// Features per micro-batch (an optimizer step takes gradient_accumulation_steps of them).
     #[serde(default = "d::train_batch_size")]
     pub train_batch_size: usize,
+    /// Features per batch when evaluating.
     #[serde(default = "d::eval_batch_size")]
     pub eval_batch_size: usize,
+    /// AdamW's peak learning rate, reached after warmup and then decayed linearly to 0.
     #[serde(default = "d::learning_rate")]
     pub learning_rate: f64,
     /// AdamW weight decay, not applied to biases and LayerNorm parameters.
     #[serde(default)]
     pub weight_decay: f64,
+    /// AdamW's epsilon (added to the root of the second moment).
     #[serde(default = "d::adam_epsilon")]
     pub adam_epsilon: f64,
     /// Fraction of all optimizer steps spent warming the learning rate up from 0.
@@ -93,15 +98,19 @@ pub struct TrainConfig {
     #[serde(default = "d::one")]
     pub gradient_accumulation_steps: usize,
 
+    /// Evaluate on eval_data (official EM/F1 over whole examples, and eval loss) while training.
     #[serde(default = "d::yes")]
     pub evaluate_during_training: bool,
     /// Evaluate every this many optimizer steps (and at each epoch end); 0 = epoch ends only.
     #[serde(default = "d::evaluate_during_training_steps")]
     pub evaluate_during_training_steps: usize,
+    /// Stop when early_stopping_metric has not improved for early_stopping_patience evaluations.
     #[serde(default)]
     pub use_early_stopping: bool,
+    /// What early stopping and the best model are judged by: exact, f1 or eval_loss.
     #[serde(default = "d::early_stopping_metric")]
     pub early_stopping_metric: EarlyStoppingMetric,
+    /// Whether lower is better for early_stopping_metric (true for eval_loss only).
     #[serde(default = "d::yes")]
     pub early_stopping_metric_minimize: bool,
     /// Evaluations without improvement tolerated before stopping.
@@ -111,6 +120,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub early_stopping_delta: f64,
 
+    /// Where the final model, checkpoints, metric logs, plots and the feature cache go.
     #[serde(default = "d::output_dir")]
     pub output_dir: PathBuf,
     /// Where the best model (by early_stopping_metric) is written, in Hugging Face layout;
@@ -120,9 +130,10 @@ pub struct TrainConfig {
     /// Allow training into an output_dir that already has content.
     #[serde(default)]
     pub overwrite_output_dir: bool,
+    /// Write a model directory (`<output_dir>/checkpoint-STEP-epoch-N`) at every epoch end.
     #[serde(default = "d::yes")]
     pub save_model_every_epoch: bool,
-    /// Write a model directory at every evaluation.
+    /// Write a model directory (`<output_dir>/checkpoint-STEP`) at every evaluation.
     #[serde(default = "d::yes")]
     pub save_eval_checkpoints: bool,
     /// Write a resumable checkpoint every this many optimizer steps (0 = only at evaluations and
@@ -133,14 +144,17 @@ pub struct TrainConfig {
     #[serde(default = "d::logging_steps")]
     pub logging_steps: usize,
 
+    /// Start and end candidates per window considered when decoding an answer span.
     #[serde(default = "d::n_best_size")]
     pub n_best_size: usize,
+    /// Longest answer span, in tokens.
     #[serde(default = "d::max_answer_length")]
     pub max_answer_length: usize,
     /// SQuAD v2.0: predict no answer when null score - best span score exceeds this.
     #[serde(default)]
     pub null_score_diff_threshold: f32,
 
+    /// Seeds the span head's initialisation, the batch order and the dropout masks.
     #[serde(default = "d::manual_seed")]
     pub manual_seed: u64,
     /// Rebuild features even when the cache has them.
@@ -161,6 +175,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub max_eval_examples: usize,
 
+    /// auto (CUDA when a GPU is usable, else the CPU), cuda or cpu.
     #[serde(default)]
     pub device: DeviceChoice,
 }
