@@ -1,11 +1,15 @@
 //! Training on the CPU with the real pretrained MiniLM: the model learns, a resumed run equals an
-//! uninterrupted one, early stopping stops, and a damaged checkpoint is refused.
+//! uninterrupted one, early stopping stops, a damaged checkpoint is refused, a diverging run stops,
+//! and burn's own operations (what CUDA runs) train like our CPU kernels.
 //!
 //! Needs the shared assets: set `QA_SHARED_DIR` to the `shared/` folder (`.ci/run` does).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use qa_train::log::EvalRecord;
 use qa_train::{RunOptions, TrainConfig};
 
 fn shared_model() -> Option<PathBuf> {
@@ -267,4 +271,85 @@ fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
     );
     let kept = qa_train::checkpoint::load_latest(&config.output_dir).unwrap();
     assert_eq!(kept.state.global_step + 1, failed_at, "{err}");
+}
+
+/// The shared MiniLM with a span head drawn once and dropout off, saved to `dir` in Hugging Face
+/// layout: one starting point for runs on two backends (each has its own generator, so a head
+/// drawn by each would differ).
+fn start_model(minilm: &Path, dir: &Path) -> PathBuf {
+    let device = Default::default();
+    Flex::seed(&device, 5);
+    let loaded = qa_model::load_pretrained::<Flex>(minilm, &device).unwrap();
+    assert!(loaded.report.head_initialized);
+    let mut config = loaded.config;
+    config.hidden_dropout_prob = 0.0;
+    config.attention_probs_dropout_prob = 0.0;
+    let start = dir.join("start");
+    qa_model::save_pretrained(
+        &loaded.model,
+        &config,
+        Some(&minilm.join("tokenizer.json")),
+        &start,
+    )
+    .unwrap();
+    start
+}
+
+/// Trains `config` on backend `B`: the loss after every update, and the evaluations.
+fn losses_and_evaluations<B: AutodiffBackend>(config: &TrainConfig) -> (Vec<f64>, Vec<EvalRecord>) {
+    let summary =
+        qa_train::trainer::train::<B>(config, &RunOptions::default(), Default::default(), &quiet)
+            .unwrap();
+    let log = std::fs::read_to_string(summary.output_dir.join("training_loss.jsonl")).unwrap();
+    let losses = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    (losses, summary.evaluations)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-3 * b.abs().max(1.0)
+}
+
+/// The same run on `Autodiff<NdArray>` (burn's own operations for every layer, as on CUDA) and on
+/// `Autodiff<Flex>` (our training kernels, whose steps equal PyTorch's: `torch_parity`) reports
+/// the same loss after every update and the same evaluations. Without dropout, so that nothing
+/// random is left once both start from one model.
+#[test]
+fn burn_operations_train_like_our_cpu_kernels() {
+    let Some(model) = shared_model() else { return };
+    let _turn = one_run_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let start = start_model(&model, dir.path());
+    // Warmup, decay, weight decay and clipping on; batches of 3 over 6 features, 4 epochs.
+    let extra = "train_batch_size = 3\nnum_train_epochs = 4\nlearning_rate = 1e-4\nwarmup_ratio = 0.25\nweight_decay = 0.01\nmax_grad_norm = 0.5\nlogging_steps = 1\nevaluate_during_training = true\nevaluate_during_training_steps = 0\nmanual_seed = 3\n";
+    let (_a, on_flex) = setup(&start, extra);
+    let (_b, on_ndarray) = setup(&start, extra);
+    let (kernels, kernel_evals) = losses_and_evaluations::<Autodiff<Flex>>(&on_flex);
+    let (generic, generic_evals) = losses_and_evaluations::<Autodiff<NdArray>>(&on_ndarray);
+    eprintln!("losses, our kernels: {kernels:?}\nlosses, burn's operations: {generic:?}");
+
+    assert_eq!(kernels.len(), 8, "updates: {kernels:?}");
+    // The run learns, so the comparison covers moving weights.
+    assert!(kernels[7] < kernels[0] * 0.8, "{kernels:?}");
+    assert_eq!(generic.len(), kernels.len(), "{generic:?}");
+    for (step, (g, k)) in generic.iter().zip(&kernels).enumerate() {
+        assert!(
+            close(*g, *k),
+            "update {}: burn's operations {g}, our kernels {k}\n{generic:?}\n{kernels:?}",
+            step + 1
+        );
+    }
+    assert_eq!(kernel_evals.len(), 4, "{kernel_evals:?}");
+    assert_eq!(generic_evals.len(), kernel_evals.len(), "{generic_evals:?}");
+    for (g, k) in generic_evals.iter().zip(&kernel_evals) {
+        assert_eq!(g.global_step, k.global_step);
+        assert!(close(g.eval_loss, k.eval_loss), "{g:?} vs {k:?}");
+        assert_eq!((g.exact, g.f1), (k.exact, k.f1), "{g:?} vs {k:?}");
+    }
 }
