@@ -56,6 +56,8 @@ pub struct TrainSummary {
     pub stopped_early: bool,
     pub halted: bool,
     pub evaluations: Vec<EvalRecord>,
+    /// The training loss log (one record every `logging_steps` updates), as in `training_loss.jsonl`.
+    pub losses: Vec<LossRecord>,
     pub best: Option<(usize, f64)>,
     pub output_dir: PathBuf,
     pub best_model_dir: PathBuf,
@@ -520,6 +522,7 @@ pub fn train<B: AutodiffBackend>(
         stopped_early,
         halted,
         evaluations: state.evaluations.clone(),
+        losses: state.losses.clone(),
         best: state
             .early_stopping
             .best

@@ -139,15 +139,7 @@ device = "cpu"
         std::fs::write(&path, config).unwrap();
         let config = TrainConfig::load(&path, &[]).unwrap();
         let summary = qa_train::train(&config, &RunOptions::default(), &|_| {}).unwrap();
-        let log = std::fs::read_to_string(summary.output_dir.join("training_loss.jsonl")).unwrap();
-        let losses = log
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect();
+        let losses = summary.losses.iter().map(|r| r.loss).collect();
         (losses, summary.train_features)
     }
 }

@@ -114,6 +114,14 @@ fn minilm_overfits_six_questions() {
     let csv =
         std::fs::read_to_string(summary.output_dir.join("training_progress_scores.csv")).unwrap();
     assert_eq!(csv.lines().count(), summary.evaluations.len() + 1);
+    let jsonl =
+        std::fs::read_to_string(summary.output_dir.join(qa_train::log::LOSS_JSONL)).unwrap();
+    let logged: Vec<qa_train::log::LossRecord> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!logged.is_empty());
+    assert_eq!(logged, summary.losses);
 }
 
 /// The largest difference between two safetensors files of the same tensors.
@@ -300,15 +308,7 @@ fn losses_and_evaluations<B: AutodiffBackend>(config: &TrainConfig) -> (Vec<f64>
     let summary =
         qa_train::trainer::train::<B>(config, &RunOptions::default(), Default::default(), &quiet)
             .unwrap();
-    let log = std::fs::read_to_string(summary.output_dir.join("training_loss.jsonl")).unwrap();
-    let losses = log
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let losses = summary.losses.iter().map(|r| r.loss).collect();
     (losses, summary.evaluations)
 }
 
