@@ -532,3 +532,31 @@ fn evaluate_draws_a_missing_head_from_the_seed() {
     assert_eq!(first, nbest("3", "b"), "same seed, same head");
     assert_ne!(first, nbest("4", "c"), "another seed, another head");
 }
+
+#[test]
+fn training_on_data_with_no_usable_answer_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = dir.path().join("train.json");
+    std::fs::write(
+        &data,
+        r#"[{"context": "Paris is a city of France.", "qas": [{"id": "a", "question": "What is Paris?", "is_impossible": false, "answers": [{"text": "Lyon", "answer_start": 3}]}]}]"#,
+    )
+    .unwrap();
+    let config = dir.path().join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\ntrain_data = {:?}\noutput_dir = {:?}\nmax_seq_length = 32\ndoc_stride = 8\nmax_query_length = 8\nevaluate_during_training = false\ndevice = \"cpu\"\n",
+            model,
+            data,
+            dir.path().join("out")
+        ),
+    )
+    .unwrap();
+    let out = run(qa().args(["train", "--config"]).arg(&config));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no trainable features"), "{err}");
+    assert!(err.contains("does not occur in the context"), "{err}");
+}

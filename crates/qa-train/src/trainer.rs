@@ -199,6 +199,14 @@ pub fn train<B: AutodiffBackend>(
         config.max_train_examples,
         say,
     )?;
+    let labelled: Vec<usize> = train_split.features.labelled().collect();
+    if labelled.is_empty() {
+        bail!(
+            "{}: no trainable features: no answer could be used as a training label (the report \
+             above says why)",
+            config.train_data.display()
+        );
+    }
     let eval_split = match &config.eval_data {
         Some(p) => Some(load_split(
             p,
@@ -226,10 +234,6 @@ pub fn train<B: AutodiffBackend>(
     let mut model = loaded.model;
     let mut optim = GroupedAdamW::<B>::new(config.weight_decay, config.adam_epsilon);
 
-    let labelled: Vec<usize> = train_split.features.labelled().collect();
-    if labelled.is_empty() {
-        bail!("{}: no trainable features", config.train_data.display());
-    }
     let micro_per_epoch = labelled.len().div_ceil(config.train_batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(config.gradient_accumulation_steps);
     let total_steps = if config.max_steps > 0 {
