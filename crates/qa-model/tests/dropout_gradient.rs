@@ -46,7 +46,12 @@ impl<B: AutodiffBackend> Probe<B> {
 
     /// The loss of a training forward whose dropout masks are always the same (fixed seed).
     fn loss(&self, model: &BertForQuestionAnswering<B>) -> Tensor<B, 1> {
-        B::seed(&Default::default(), 2024);
+        self.loss_under(model, 2024)
+    }
+
+    /// The loss of a training forward with the dropout masks that `seed` draws.
+    fn loss_under(&self, model: &BertForQuestionAnswering<B>, seed: u64) -> Tensor<B, 1> {
+        B::seed(&Default::default(), seed);
         let out = model.forward(&self.input);
         let masked = self.input.padding_mask.clone().unwrap();
         let read =
@@ -144,13 +149,7 @@ fn tiny_model_gradients_match_finite_differences<B: AutodiffBackend>() {
     let model = BertForQuestionAnswering::<B>::init(&config, &Default::default());
     let probe = Probe::<B>::new(3, 20, 16);
     // Dropout is applied: another seed, other masks, another loss.
-    let loss = |seed| {
-        B::seed(&Default::default(), seed);
-        let out = model.forward(&probe.input);
-        (out.start.sum() + out.end.sum())
-            .into_scalar()
-            .elem::<f32>()
-    };
+    let loss = |seed| probe.loss_under(&model, seed).into_scalar().elem::<f32>();
     assert_ne!(loss(1), loss(2), "the same loss under other masks");
     let (checked, failures) = gradient_mismatches(&model, &probe, None, 1e-2);
     assert!(checked > 30, "{checked} parameters");
