@@ -6,10 +6,10 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
-use qa_train::{OnBackend, Predictor};
+use qa_model::{OnBackend, QuestionAnswerer};
 
 use crate::cli::ChatArgs;
-use crate::predict::{SEARCH_WIDTH, load_predictor, read_context, view};
+use crate::predict::{load_answerer, read_context};
 
 const HELP: &str = "Type a question, or a command:
   /context        paste a new context, ended by an empty line
@@ -28,9 +28,9 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
     impl OnBackend for Job<'_> {
         type Output = ();
         fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-            let predictor = load_predictor::<B>(&self.args.model, device)?;
+            let answerer = load_answerer::<B>(&self.args.model, device)?;
             Session {
-                predictor,
+                answerer,
                 shown: self.args.model.n_best,
                 context: self.context,
                 color: std::io::stdout().is_terminal(),
@@ -39,11 +39,13 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
             .run()
         }
     }
-    qa_train::run_on(args.model.device, Job { args, context }, &|_| {})
+    qa_model::run_on(args.model.device, Job { args, context }, &|l| {
+        eprintln!("{l}")
+    })
 }
 
 struct Session<B: Backend> {
-    predictor: Predictor<B>,
+    answerer: QuestionAnswerer<B>,
     /// Candidates shown per answer.
     shown: usize,
     context: Option<String>,
@@ -102,7 +104,6 @@ impl<B: Backend> Session<B> {
                 "/nbest" => match rest.parse::<usize>() {
                     Ok(n) if n > 0 => {
                         self.shown = n;
-                        self.predictor.decode.n_best_size = n.max(SEARCH_WIDTH);
                         println!("showing {n} candidates");
                     }
                     _ => println!("error: /nbest needs a whole number of at least 1"),
@@ -119,11 +120,10 @@ impl<B: Backend> Session<B> {
             println!("error: no context yet; use /context or /load FILE");
             return Ok(());
         };
-        let predictions = self.predictor.answer(context, &[question.to_string()])?;
-        let Some(p) = predictions.first() else {
-            bail!("no prediction")
+        let answers = self.answerer.answer(context, &[question], self.shown)?;
+        let Some(v) = answers.first() else {
+            bail!("no answer came back")
         };
-        let v = view(context, question, p, self.shown);
         println!(
             "answer: {}  ({:.1} % confident)",
             v.answer,

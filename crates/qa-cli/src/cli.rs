@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use qa_data::MisalignedPolicy;
-use qa_train::DeviceChoice;
+use qa_data::{MisalignedPolicy, WindowConfig};
+use qa_model::{AnsweringSettings, DeviceChoice};
 
 #[derive(Parser)]
 #[command(
@@ -40,25 +41,40 @@ pub enum DataCommand {
     Check(DataCheckArgs),
 }
 
+/// `--device auto|cuda|cpu`, its values listed in `--help`.
+fn device_parser() -> impl TypedValueParser<Value = DeviceChoice> {
+    PossibleValuesParser::new(DeviceChoice::ALL.map(DeviceChoice::name))
+        .map(|name| name.parse().expect("a listed device"))
+}
+
+/// `--misaligned realign|skip|error`, its values listed in `--help`.
+fn misaligned_parser() -> impl TypedValueParser<Value = MisalignedPolicy> {
+    PossibleValuesParser::new(MisalignedPolicy::ALL.map(MisalignedPolicy::name))
+        .map(|name| name.parse().expect("a listed policy"))
+}
+
+/// Window sizes; each one not given keeps its value from the model's answering settings (or,
+/// without a model, run_qa.py's 384 / 128 / 64).
 #[derive(Args)]
 pub struct WindowArgs {
-    /// Tokens per feature, special tokens included.
-    #[arg(long, default_value_t = 384)]
-    pub max_seq_length: usize,
-    /// Tokens shared by consecutive windows of a long context.
-    #[arg(long, default_value_t = 128)]
-    pub doc_stride: usize,
-    /// Question tokens beyond this are cut.
-    #[arg(long, default_value_t = 64)]
-    pub max_query_length: usize,
+    /// Tokens per feature, special tokens included [default: the model's, else 384].
+    #[arg(long)]
+    pub max_seq_length: Option<usize>,
+    /// Tokens shared by consecutive windows of a long context [default: the model's, else 128].
+    #[arg(long)]
+    pub doc_stride: Option<usize>,
+    /// Question tokens beyond this are cut [default: the model's, else 64].
+    #[arg(long)]
+    pub max_query_length: Option<usize>,
 }
 
 impl WindowArgs {
-    pub fn config(&self) -> qa_data::WindowConfig {
-        qa_data::WindowConfig {
-            max_seq_length: self.max_seq_length,
-            doc_stride: self.doc_stride,
-            max_query_length: self.max_query_length,
+    /// `base` with the sizes given on the command line.
+    pub fn over(&self, base: WindowConfig) -> WindowConfig {
+        WindowConfig {
+            max_seq_length: self.max_seq_length.unwrap_or(base.max_seq_length),
+            doc_stride: self.doc_stride.unwrap_or(base.doc_stride),
+            max_query_length: self.max_query_length.unwrap_or(base.max_query_length),
         }
     }
 }
@@ -73,8 +89,8 @@ pub struct DataCheckArgs {
     pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub window: WindowArgs,
-    /// What a misaligned answer gets: realign, skip or error.
-    #[arg(long, default_value = "realign")]
+    /// What a misaligned answer gets.
+    #[arg(long, default_value = "realign", value_parser = misaligned_parser())]
     pub misaligned: MisalignedPolicy,
     /// Print JSON.
     #[arg(long)]
@@ -106,17 +122,18 @@ pub struct EvaluateArgs {
     pub na_prob_thresh: f64,
     #[command(flatten)]
     pub window: WindowArgs,
-    #[arg(long, default_value_t = 20)]
-    pub n_best: usize,
-    #[arg(long, default_value_t = 30)]
-    pub max_answer_length: usize,
+    /// Start and end candidates searched per window [default: the model's, else 20].
+    #[arg(long)]
+    pub n_best: Option<usize>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Seeds the span head drawn for a model without one (a base encoder), as training's
     /// manual_seed does: the same seed gives the same untrained baseline.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = device_parser())]
     pub device: DeviceChoice,
     /// Print JSON.
     #[arg(long)]
@@ -139,6 +156,30 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+/// Decoding settings; each one not given keeps the model's (see `answering.json`).
+#[derive(Args)]
+pub struct DecodeArgs {
+    /// Longest answer, in tokens [default: the model's, else 30].
+    #[arg(long)]
+    pub max_answer_length: Option<usize>,
+    /// SQuAD v2.0: answer "" when the null score beats the best span by more than this
+    /// [default: the model's, else 0].
+    #[arg(long)]
+    pub null_score_diff_threshold: Option<f32>,
+}
+
+impl DecodeArgs {
+    /// `settings` with the values given on the command line.
+    pub fn over(&self, mut settings: AnsweringSettings) -> AnsweringSettings {
+        let decode = &mut settings.decode;
+        decode.max_answer_length = self.max_answer_length.unwrap_or(decode.max_answer_length);
+        decode.null_score_diff_threshold = self
+            .null_score_diff_threshold
+            .unwrap_or(decode.null_score_diff_threshold);
+        settings
+    }
+}
+
 #[derive(Args)]
 pub struct ModelArgs {
     /// A model directory (Hugging Face layout, as training writes it).
@@ -147,9 +188,10 @@ pub struct ModelArgs {
     /// How many candidate answers to report.
     #[arg(long, default_value_t = 3)]
     pub n_best: usize,
-    #[arg(long, default_value_t = 30)]
-    pub max_answer_length: usize,
-    #[arg(long, default_value = "cpu")]
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Where the model runs: CUDA when a GPU is usable under auto.
+    #[arg(long, default_value = "auto", value_parser = device_parser())]
     pub device: DeviceChoice,
 }
 

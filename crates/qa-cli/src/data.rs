@@ -1,7 +1,7 @@
 //! `qa data check`: the validation report, and with a tokenizer what windowing makes of the data.
 
 use anyhow::Context;
-use qa_data::{Casing, Dataset, FeatureSet, LoadOptions, QaTokenizer};
+use qa_data::{Casing, Dataset, FeatureSet, LoadOptions, QaTokenizer, WindowConfig};
 use serde_json::json;
 
 use crate::cli::DataCheckArgs;
@@ -16,7 +16,7 @@ pub fn check(args: &DataCheckArgs) -> anyhow::Result<()> {
     let windowing = match &args.tokenizer {
         Some(path) => {
             let tokenizer = QaTokenizer::from_path(path, Casing::Auto)?;
-            let config = args.window.config();
+            let config = args.window.over(WindowConfig::default());
             let features = FeatureSet::build(&dataset, &tokenizer, config)
                 .with_context(|| format!("windowing {}", args.data.display()))?;
             Some((config, features.stats))

@@ -3,8 +3,8 @@
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use qa_data::metrics::{self, SquadScores};
-use qa_data::{Casing, Dataset, FeatureSet, LoadOptions, QaTokenizer, SquadVersion};
-use qa_train::OnBackend;
+use qa_data::{Dataset, LoadOptions};
+use qa_model::{AnsweringSettings, OnBackend, QuestionAnswerer};
 
 use crate::cli::EvaluateArgs;
 
@@ -25,7 +25,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
                 args.na_prob_thresh,
             )?
         }
-        (None, Some(_)) => qa_train::run_on(
+        (None, Some(_)) => qa_model::run_on(
             args.device,
             ModelEvaluation {
                 args,
@@ -79,44 +79,31 @@ impl OnBackend for ModelEvaluation<'_> {
             .output_dir
             .as_ref()
             .context("--model needs --output-dir for the prediction files")?;
-        // A model without a span head gets one drawn from the backend's generator.
-        B::seed(&device, args.seed);
-        let loaded = qa_model::load_model::<B>(model_dir, &device)?;
-        if loaded.report.head_initialized {
+        let answerer = QuestionAnswerer::<B>::load_seeded(model_dir, device, args.seed)
+            .with_context(|| format!("loading the model in {}", model_dir.display()))?;
+        if answerer.report().head_initialized {
             eprintln!(
                 "{} (seed {}): these are the scores of an untrained span head",
-                loaded.report, args.seed
+                answerer.report(),
+                args.seed
             );
         }
-        let tokenizer = QaTokenizer::from_path(model_dir, Casing::Auto)?;
-        let window = args.window.config();
-        if window.max_seq_length > loaded.config.max_position_embeddings {
-            bail!(
-                "--max-seq-length {} exceeds the model's max_position_embeddings {}",
-                window.max_seq_length,
-                loaded.config.max_position_embeddings
-            );
-        }
-        let features = FeatureSet::build(self.dataset, &tokenizer, window)?;
-        let decode = qa_data::DecodeConfig {
-            n_best_size: args.n_best,
-            max_answer_length: args.max_answer_length,
-            null_score_diff_threshold: 0.0,
-            version_2_with_negative: self.dataset.version == SquadVersion::V2,
-        };
-        let evaluation = qa_train::infer::evaluate_model(
-            &loaded.model,
-            self.dataset,
-            &features,
-            &decode,
-            args.batch_size,
-            None,
-            &device,
-        )?;
+        let settings = settings(args, *answerer.settings());
+        let mut answerer = answerer.with_settings(settings)?;
+        answerer.batch_size = args.batch_size;
+        let evaluation = answerer.evaluate(self.dataset)?;
         let written = evaluation.predictions.write(out, args.overwrite)?;
         for path in written {
             eprintln!("wrote {}", path.display());
         }
         Ok(evaluation.scores)
     }
+}
+
+/// The model's answering settings with what the command line overrides.
+fn settings(args: &EvaluateArgs, model: AnsweringSettings) -> AnsweringSettings {
+    let mut settings = args.decode.over(model);
+    settings.window = args.window.over(settings.window);
+    settings.decode.n_best_size = args.n_best.unwrap_or(settings.decode.n_best_size);
+    settings
 }

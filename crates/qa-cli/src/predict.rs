@@ -4,123 +4,21 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
-use qa_data::ExamplePrediction;
-use qa_train::{OnBackend, Predictor};
-use serde::Serialize;
+use qa_model::{Answer, OnBackend, QuestionAnswerer};
 
 use crate::cli::{ModelArgs, PredictArgs};
 
-/// Loads the model of `args` on backend `B` with its decoding settings.
-pub fn load_predictor<B: Backend>(
+/// Loads the model of `args` on backend `B`, with the decoding settings the command line gives.
+pub fn load_answerer<B: Backend>(
     args: &ModelArgs,
     device: B::Device,
-) -> anyhow::Result<Predictor<B>> {
-    if args.n_best == 0 {
-        bail!("--n-best must be at least 1");
-    }
-    let mut predictor = Predictor::<B>::load(&args.model, device)
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
-    // Search at least run_qa.py's 20 starts and ends; `--n-best` is how many are shown.
-    predictor.decode.n_best_size = args.n_best.max(SEARCH_WIDTH);
-    predictor.decode.max_answer_length = args.max_answer_length;
-    Ok(predictor)
-}
-
-/// Start and end positions searched per window, whatever number of candidates is shown.
-pub const SEARCH_WIDTH: usize = 20;
-
-/// One answer as printed and served.
-#[derive(Debug, Serialize)]
-pub struct AnswerView {
-    pub question: String,
-    pub answer: String,
-    /// Softmax probability of the answer among the n-best candidates.
-    pub probability: f32,
-    /// start_logit + end_logit.
-    pub score: f32,
-    /// Character span `[start, end)` in the context.
-    pub start: usize,
-    pub end: usize,
-    /// The sentence of the context the answer sits in, with its span.
-    pub sentence: String,
-    pub sentence_start: usize,
-    pub candidates: Vec<Candidate>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Candidate {
-    pub text: String,
-    pub probability: f32,
-    pub score: f32,
-    pub start: usize,
-    pub end: usize,
-}
-
-/// The answer to `question` with at most `shown` candidates. A best "candidate" with an empty span
-/// is run_qa.py's placeholder for "no valid span": shown as no answer.
-pub fn view(context: &str, question: &str, p: &ExamplePrediction, shown: usize) -> AnswerView {
-    let best = &p.nbest[0];
-    let answer = if best.end > best.start {
-        p.answer.clone()
-    } else {
-        String::new()
+) -> anyhow::Result<QuestionAnswerer<B>> {
+    let load = || {
+        let answerer = QuestionAnswerer::<B>::load(&args.model, device)?;
+        let settings = args.decode.over(*answerer.settings());
+        answerer.with_settings(settings)
     };
-    let (s_start, s_end) = sentence_around(context, best.start, best.end);
-    AnswerView {
-        question: question.to_string(),
-        answer,
-        probability: best.probability,
-        score: best.start_logit + best.end_logit,
-        start: best.start,
-        end: best.end,
-        sentence: context
-            .chars()
-            .skip(s_start)
-            .take(s_end - s_start)
-            .collect(),
-        sentence_start: s_start,
-        candidates: p
-            .nbest
-            .iter()
-            .filter(|c| c.end > c.start)
-            .take(shown)
-            .map(|c| Candidate {
-                text: c.text.clone(),
-                probability: c.probability,
-                score: c.start_logit + c.end_logit,
-                start: c.start,
-                end: c.end,
-            })
-            .collect(),
-    }
-}
-
-/// The sentence (by `.`, `!`, `?` followed by whitespace, or line breaks) containing the character
-/// span `[start, end)`, as character offsets.
-pub fn sentence_around(context: &str, start: usize, end: usize) -> (usize, usize) {
-    let chars: Vec<char> = context.chars().collect();
-    let (start, end) = (start.min(chars.len()), end.min(chars.len()));
-    let boundary = |i: usize| {
-        // A sentence ends at i when chars[i] ends one and whitespace follows.
-        chars[i] == '\n'
-            || (matches!(chars[i], '.' | '!' | '?')
-                && chars.get(i + 1).is_none_or(|c| c.is_whitespace()))
-    };
-    let mut s = start;
-    while s > 0 && !boundary(s - 1) {
-        s -= 1;
-    }
-    while s < start && chars[s].is_whitespace() {
-        s += 1;
-    }
-    let from = end.max(s + 1).min(chars.len()).saturating_sub(1);
-    let mut e = (from..chars.len())
-        .find(|&i| boundary(i))
-        .map_or(chars.len(), |i| i + 1);
-    while e > s && chars[e - 1].is_whitespace() {
-        e -= 1;
-    }
-    (s, e)
+    load().with_context(|| format!("loading the model in {}", args.model.display()))
 }
 
 fn read_questions(args: &PredictArgs) -> anyhow::Result<Vec<String>> {
@@ -173,39 +71,25 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
         (None, Some(path)) => read_context(path)?,
         (None, None) => bail!("give --context TEXT or --context-file FILE"),
     };
-    if context.trim().is_empty() {
-        bail!("the context is empty");
-    }
     let questions = read_questions(args)?;
-    if let Some(i) = questions.iter().position(|q| q.trim().is_empty()) {
-        bail!("question {} is empty", i + 1);
-    }
     struct Job<'a> {
-        args: &'a PredictArgs,
-        context: String,
-        questions: Vec<String>,
+        args: &'a ModelArgs,
+        context: &'a str,
+        questions: &'a [String],
     }
     impl OnBackend for Job<'_> {
-        type Output = Vec<AnswerView>;
-        fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<AnswerView>> {
-            let predictor = load_predictor::<B>(&self.args.model, device)?;
-            let predictions = predictor.answer(&self.context, &self.questions)?;
-            Ok(predictions
-                .iter()
-                .zip(&self.questions)
-                .map(|(p, q)| view(&self.context, q, p, self.args.model.n_best))
-                .collect())
+        type Output = Vec<Answer>;
+        fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<Answer>> {
+            let answerer = load_answerer::<B>(self.args, device)?;
+            Ok(answerer.answer(self.context, self.questions, self.args.n_best)?)
         }
     }
-    let answers = qa_train::run_on(
-        args.model.device,
-        Job {
-            args,
-            context: context.clone(),
-            questions,
-        },
-        &|_| {},
-    )?;
+    let job = Job {
+        args: &args.model,
+        context: &context,
+        questions: &questions,
+    };
+    let answers = qa_model::run_on(args.model.device, job, &|l| eprintln!("{l}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answers)?);
         return Ok(());
@@ -225,21 +109,4 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sentence_is_found_around_the_answer() {
-        let text = "Paris is big. The tower was built in 1889. It is tall!";
-        let start = text.find("1889").unwrap();
-        let (s, e) = sentence_around(text, start, start + 4);
-        assert_eq!(&text[s..e], "The tower was built in 1889.");
-        let (s, e) = sentence_around(text, 0, 5);
-        assert_eq!(&text[s..e], "Paris is big.");
-        let (s, e) = sentence_around(text, text.len() - 3, text.len() - 1);
-        assert_eq!(&text[s..e], "It is tall!");
-    }
 }

@@ -1,8 +1,9 @@
 //! `qa serve`: a JSON API (`POST /v1/answer`, `GET /health`) and a chat page at `/`.
 //!
 //! Requests larger than the body limit get 413, malformed JSON 400/422, contexts or question
-//! lists over the configured limits 413/422, each with a JSON `{"error": ...}` body. Inference
-//! runs on blocking threads, so requests are served concurrently.
+//! lists over the configured limits 413/422, questions the model cannot answer as asked (empty
+//! ones, none at all) 422, each with a JSON `{"error": ...}` body. Inference runs on blocking
+//! threads, so requests are served concurrently.
 
 use std::sync::Arc;
 
@@ -13,11 +14,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use burn::tensor::backend::Backend;
-use qa_train::{OnBackend, Predictor};
+use qa_model::{Answer, ModelError, OnBackend, QuestionAnswerer};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::ServeArgs;
-use crate::predict::{AnswerView, SEARCH_WIDTH, load_predictor, view};
+use crate::predict::load_answerer;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -28,9 +29,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     impl OnBackend for Job<'_> {
         type Output = ();
         fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-            let predictor = load_predictor::<B>(&self.args.model, device)?;
+            let answerer = load_answerer::<B>(&self.args.model, device)?;
             let state = Arc::new(AppState {
-                predictor,
+                answerer,
                 shown: self.args.model.n_best,
                 model: self.args.model.model.display().to_string(),
                 max_context_chars: self.args.max_context_chars,
@@ -41,11 +42,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             runtime.block_on(serve(state, &self.args.addr))
         }
     }
-    qa_train::run_on(args.model.device, Job { args }, &|l| eprintln!("{l}"))
+    qa_model::run_on(args.model.device, Job { args }, &|l| eprintln!("{l}"))
 }
 
 struct AppState<B: Backend> {
-    predictor: Predictor<B>,
+    answerer: QuestionAnswerer<B>,
     /// Candidates shown when a request does not say.
     shown: usize,
     model: String,
@@ -97,7 +98,7 @@ struct AnswerRequest {
 
 #[derive(Serialize)]
 struct AnswerResponse {
-    answers: Vec<AnswerView>,
+    answers: Vec<Answer>,
 }
 
 struct ApiError(StatusCode, String);
@@ -115,12 +116,6 @@ async fn answer<B: Backend>(
     let Json(request) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
     let mut questions = request.questions;
     questions.extend(request.question);
-    if questions.is_empty() {
-        return Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "give \"question\" or \"questions\"".into(),
-        ));
-    }
     if questions.len() > state.max_questions {
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -129,18 +124,6 @@ async fn answer<B: Backend>(
                 questions.len(),
                 state.max_questions
             ),
-        ));
-    }
-    if let Some(i) = questions.iter().position(|q| q.trim().is_empty()) {
-        return Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("question {} is empty", i + 1),
-        ));
-    }
-    if request.context.trim().is_empty() {
-        return Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the context is empty".into(),
         ));
     }
     let chars = request.context.chars().count();
@@ -161,22 +144,14 @@ async fn answer<B: Backend>(
         ));
     }
     let context = request.context;
-    let answers = tokio::task::spawn_blocking(move || {
-        let decode = qa_data::DecodeConfig {
-            n_best_size: n_best.max(SEARCH_WIDTH),
-            ..state.predictor.decode
-        };
-        let predictions = state.predictor.answer_with(&context, &questions, &decode)?;
-        Ok::<_, anyhow::Error>(
-            predictions
-                .iter()
-                .zip(&questions)
-                .map(|(p, q)| view(&context, q, p, n_best))
-                .collect::<Vec<_>>(),
-        )
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let answers =
+        tokio::task::spawn_blocking(move || state.answerer.answer(&context, &questions, n_best))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| match e {
+                // The library's own checks of a request (empty context or question, none asked).
+                ModelError::Input(message) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, message),
+                other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+            })?;
     Ok(Json(AnswerResponse { answers }))
 }

@@ -433,58 +433,61 @@ fn server_answers_over_loopback_with_limits() {
 
 /// The chat page in a real browser: headless Chromium loads it with a context and a question in
 /// the URL, the page asks the server, and the answer appears in the DOM. `.ci/run` installs
-/// Debian's chromium; without it this test says so and passes.
-#[test]
-fn chat_page_works_in_headless_chromium() {
-    let chromium = std::env::var_os("QA_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if !chromium.is_file() {
-        eprintln!(
-            "skipped: no Chromium at {} (set QA_CHROMIUM)",
+/// Debian's chromium and skips `with_chromium::` (saying so) when it cannot.
+mod with_chromium {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs Chromium (/usr/bin/chromium or QA_CHROMIUM)"]
+    fn chat_page_works_in_headless_chromium() {
+        let chromium = std::env::var_os("QA_CHROMIUM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+        assert!(
+            chromium.is_file(),
+            "no Chromium at {} (set QA_CHROMIUM)",
             chromium.display()
         );
-        return;
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(dir.path());
+        let server = start_server(&model, &[]);
+        let url = format!(
+            "{}/?context={}&question={}",
+            server.base,
+            CONTEXT.replace(' ', "%20"),
+            "When%20was%20the%20tower%20built%3F"
+        );
+        let profile = dir.path().join("profile");
+        let out = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(dom.contains("Q: When was the tower built?"), "{dom}");
+        assert!(dom.contains("class=\"answer\">A: "), "{dom}");
+        assert!(dom.contains("% confident"), "{dom}");
+        assert!(dom.contains("<mark>"), "{dom}");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let server = start_server(&model, &[]);
-    let url = format!(
-        "{}/?context={}&question={}",
-        server.base,
-        CONTEXT.replace(' ', "%20"),
-        "When%20was%20the%20tower%20built%3F"
-    );
-    let profile = dir.path().join("profile");
-    let out = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(&url)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("Q: When was the tower built?"), "{dom}");
-    assert!(dom.contains("class=\"answer\">A: "), "{dom}");
-    assert!(dom.contains("% confident"), "{dom}");
-    assert!(dom.contains("<mark>"), "{dom}");
 }
 
 /// The tiny model without its span head (and without the burn record beside the weights), as a
 /// base encoder checkpoint comes.
 fn tiny_encoder(dir: &Path) -> PathBuf {
     let model_dir = tiny_model(dir);
-    std::fs::remove_file(model_dir.join(qa_model::hf::BURN_RECORD_FILE)).unwrap();
+    std::fs::remove_file(model_dir.join(qa_model::record::BURN_RECORD_FILE)).unwrap();
     let file = model_dir.join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -559,4 +562,129 @@ fn training_on_data_with_no_usable_answer_says_why() {
     let err = stderr(&out);
     assert!(err.contains("no trainable features"), "{err}");
     assert!(err.contains("does not occur in the context"), "{err}");
+}
+
+#[test]
+fn help_lists_the_values_of_every_choice() {
+    for command in ["predict", "chat", "serve", "evaluate"] {
+        let out = run(qa().args([command, "--help"]));
+        assert!(out.status.success());
+        let help = stdout(&out);
+        assert!(
+            help.contains("[default: auto]") && help.contains("[possible values: auto, cuda, cpu]"),
+            "qa {command} --help:\n{help}"
+        );
+    }
+    let help = stdout(&run(qa().args(["data", "check", "--help"])));
+    assert!(
+        help.contains("[possible values: realign, skip, error]"),
+        "{help}"
+    );
+}
+
+/// A flat-list dataset of one context whose two answers the tiny vocabulary spells (scored as
+/// SQuAD v2.0, as every file with `is_impossible` keys is).
+fn tiny_dataset(dir: &Path) -> PathBuf {
+    let data = dir.join("data.json");
+    std::fs::write(
+        &data,
+        format!(
+            r#"[{{"context": {CONTEXT:?}, "qas": [
+  {{"id": "a", "question": "When was the tower built?", "is_impossible": false, "answers": [{{"text": "1889", "answer_start": 50}}]}},
+  {{"id": "b", "question": "What is Paris?", "is_impossible": false, "answers": [{{"text": "a city of France", "answer_start": 9}}]}}]}}]"#
+        ),
+    )
+    .unwrap();
+    data
+}
+
+/// Training writes the windows and decoding it used into the model directories, and `qa
+/// evaluate` answers with them: the same predictions as the same values given as flags to the
+/// same weights without the file.
+#[test]
+fn a_trained_model_answers_with_the_settings_it_was_trained_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = tiny_dataset(dir.path());
+    let out = dir.path().join("out");
+    let config = dir.path().join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {model:?}\ntrain_data = {data:?}\noutput_dir = {out:?}\nmax_seq_length = 40\ndoc_stride = 8\nmax_query_length = 10\nn_best_size = 5\nmax_answer_length = 3\nnull_score_diff_threshold = 0.5\nevaluate_during_training = false\nsave_model_every_epoch = false\nsave_steps = 0\ndevice = \"cpu\"\n"
+        ),
+    )
+    .unwrap();
+    let trained = run(qa().args(["train", "--config"]).arg(&config));
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    for model_dir in [out.clone(), out.join("best_model")] {
+        let settings: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(model_dir.join("answering.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            settings,
+            serde_json::json!({
+                "window": {"max_seq_length": 40, "doc_stride": 8, "max_query_length": 10},
+                "decode": {"n_best_size": 5, "max_answer_length": 3,
+                           "null_score_diff_threshold": 0.5, "version_2_with_negative": true}
+            }),
+            "{}",
+            model_dir.display()
+        );
+    }
+
+    let nbest = |model: &Path, flags: &[&str], name: &str| {
+        let eval_dir = dir.path().join(name);
+        let result = run(qa()
+            .args(["evaluate", "--device", "cpu", "--data"])
+            .arg(&data)
+            .arg("--model")
+            .arg(model)
+            .arg("--output-dir")
+            .arg(&eval_dir)
+            .args(flags));
+        assert!(result.status.success(), "{}", stderr(&result));
+        let read = |f: &str| std::fs::read_to_string(eval_dir.join(f)).unwrap();
+        read("nbest_predictions.json") + &read("predictions.json")
+    };
+    let with_file = nbest(&out, &[], "with-file");
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors", "vocab.txt"] {
+        let from = if f == "vocab.txt" {
+            model.join(f)
+        } else {
+            out.join(f)
+        };
+        std::fs::copy(from, bare.join(f)).unwrap();
+    }
+    let flags = [
+        "--max-seq-length",
+        "40",
+        "--doc-stride",
+        "8",
+        "--max-query-length",
+        "10",
+        "--n-best",
+        "5",
+        "--max-answer-length",
+        "3",
+        "--null-score-diff-threshold",
+        "0.5",
+    ];
+    assert_eq!(with_file, nbest(&bare, &flags, "with-flags"));
+    assert_ne!(
+        with_file,
+        nbest(&bare, &[], "defaults"),
+        "run_qa's defaults (n-best 20, answers up to 30 tokens) give other candidates"
+    );
+    // Answers are at most 3 tokens long, as the model's settings say.
+    let nbest_file = dir.path().join("with-file/nbest_predictions.json");
+    let candidates: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(nbest_file).unwrap()).unwrap();
+    for c in candidates["a"].as_array().unwrap() {
+        let words = c["text"].as_str().unwrap().split_whitespace().count();
+        assert!(words <= 3, "{c}");
+    }
 }

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::atomic;
 use crate::binio::{Reader, Writer};
+use crate::checksum::hex;
 use crate::error::Result;
 use crate::squad::Dataset;
 use crate::tokenize::{QaTokenizer, SpecialTokens, TokenizedText};
@@ -68,10 +69,6 @@ impl FeatureCache {
         atomic::write(&path, &encode(&features, &key))?;
         Ok((features, CacheOutcome::Built { path, reason }))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn cache_key(dataset: &Dataset, tokenizer: &QaTokenizer, config: &WindowConfig) -> [u8; 32] {

@@ -11,9 +11,13 @@
 //! | features on disk, keyed by data, tokenizer and window parameters | [`cache`] |
 //! | start/end logits -> n-best [`SpanPrediction`]s per example | [`decode`] |
 //! | predictions -> official SQuAD v1.1 / v2.0 scores | [`metrics`] |
+//!
+//! and two utilities the other crates share: files written so a crash never leaves half of one
+//! ([`atomic`]), and SHA-256 digests in hex ([`checksum`]).
 
 pub mod atomic;
 pub mod cache;
+pub mod checksum;
 pub mod decode;
 pub mod error;
 pub mod metrics;

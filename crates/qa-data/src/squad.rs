@@ -90,17 +90,29 @@ pub enum MisalignedPolicy {
     Error,
 }
 
+impl MisalignedPolicy {
+    /// Every policy, in the order help texts list them.
+    pub const ALL: [MisalignedPolicy; 3] = [Self::Realign, Self::Skip, Self::Error];
+
+    /// The name configs and command lines use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Realign => "realign",
+            Self::Skip => "skip",
+            Self::Error => "error",
+        }
+    }
+}
+
 impl std::str::FromStr for MisalignedPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "realign" => Ok(Self::Realign),
-            "skip" => Ok(Self::Skip),
-            "error" => Ok(Self::Error),
-            other => Err(format!(
-                "unknown misaligned-answer policy '{other}': use realign, skip or error"
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                format!("unknown misaligned-answer policy '{s}': use realign, skip or error")
+            })
     }
 }
 

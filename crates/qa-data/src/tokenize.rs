@@ -63,6 +63,15 @@ impl std::fmt::Debug for QaTokenizer {
     }
 }
 
+/// The files of a model directory a tokenizer is read from: `tokenizer.json`, or `vocab.txt`
+/// with the casing `tokenizer_config.json` states; copying these copies the tokenizer.
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
 impl QaTokenizer {
     /// Loads from a model directory (its `tokenizer.json`, else its `vocab.txt`), a
     /// `tokenizer.json` file or a `vocab.txt` file.

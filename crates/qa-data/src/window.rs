@@ -9,7 +9,7 @@
 //! position of the sequence; here the start is the token the answer starts in.
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::squad::{Dataset, Example};
@@ -18,7 +18,7 @@ use crate::tokenize::{QaTokenizer, SpecialTokens, TokenizedText};
 /// `[CLS]`, `[SEP]` after the question and `[SEP]` after the context.
 pub const SPECIAL_TOKENS_PER_FEATURE: usize = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowConfig {
     /// Total tokens per feature, special tokens included.
     pub max_seq_length: usize,

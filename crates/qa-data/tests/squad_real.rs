@@ -1,21 +1,17 @@
 //! Checks on the real SQuAD files and the real MiniLM tokenizer.
 //!
-//! Needs the shared assets: set `QA_SHARED_DIR` to the `shared/` folder (`.ci/run` does).
+//! Needs the shared assets (`QA_SHARED_DIR`, see tests/support): ignored without them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use qa_data::metrics::{evaluate_v1, evaluate_v2};
 use qa_data::squad::IssueKind;
 use qa_data::{Casing, Dataset, FeatureSet, LoadOptions, QaTokenizer, SquadVersion, WindowConfig};
 
-fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("QA_SHARED_DIR").map(PathBuf::from);
-    if dir.is_none() {
-        eprintln!("skipped: QA_SHARED_DIR is not set (it points at the shared SQuAD files)");
-    }
-    dir
-}
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use support::shared_dir;
 
 fn gold_predictions(ds: &Dataset) -> HashMap<String, String> {
     ds.examples
@@ -32,8 +28,9 @@ fn gold_predictions(ds: &Dataset) -> HashMap<String, String> {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn dev_v11_windows_like_the_hf_fast_tokenizer() {
-    let Some(shared) = shared_dir() else { return };
+    let shared = shared_dir();
     let ds = Dataset::load(
         shared.join("data/squad/dev-v1.1.json"),
         LoadOptions::default(),
@@ -58,8 +55,9 @@ fn dev_v11_windows_like_the_hf_fast_tokenizer() {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn official_gold_answers_score_100() {
-    let Some(shared) = shared_dir() else { return };
+    let shared = shared_dir();
     let v1 = Dataset::load(
         shared.join("data/squad/dev-v1.1.json"),
         LoadOptions::default(),
@@ -81,8 +79,9 @@ fn official_gold_answers_score_100() {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn train_answers_are_all_at_their_start() {
-    let Some(shared) = shared_dir() else { return };
+    let shared = shared_dir();
     let ds = Dataset::load(
         shared.join("data/squad/train-v1.1.json"),
         LoadOptions::default(),

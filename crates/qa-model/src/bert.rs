@@ -4,7 +4,7 @@
 //! Field names follow the Hugging Face checkpoint layout (`embeddings.word_embeddings`,
 //! `encoder.layer.N.attention.self.query`, ...) so [`crate::hf`] maps tensors one to one.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
@@ -179,14 +179,14 @@ impl<B: Backend> BertForQuestionAnswering<B> {
     /// A randomly initialised model (N(0, initializer_range) weights as BERT's initialiser, zero
     /// biases, unit LayerNorms).
     pub fn init(config: &BertConfig, device: &B::Device) -> Self {
-        let mut model = Self::init_lazy(config, device);
-        crate::hf::materialize(&mut model);
+        let model = Self::init_lazy(config, device);
+        materialize(&model);
         model
     }
 
     /// Like [`Self::init`], but parameters are drawn only when first used, so loading a
     /// checkpoint over them costs nothing. Clones of an undrawn parameter draw independently:
-    /// call [`crate::hf::materialize`] before cloning.
+    /// call [`materialize`] before cloning.
     pub(crate) fn init_lazy(config: &BertConfig, device: &B::Device) -> Self {
         let normal = Initializer::Normal {
             mean: 0.0,
@@ -274,6 +274,17 @@ impl<B: Backend> BertForQuestionAnswering<B> {
             end: pick(1),
         }
     }
+}
+
+/// Draws every lazily initialised parameter of `module`, in field order, so clones share values.
+pub(crate) fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    struct Draw;
+    impl<B: Backend> ModuleVisitor<B> for Draw {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            drop(param.val());
+        }
+    }
+    module.visit(&mut Draw);
 }
 
 #[cfg(test)]

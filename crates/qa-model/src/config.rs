@@ -119,6 +119,19 @@ impl BertConfig {
         Ok(())
     }
 
+    /// Rejects windows longer than the model's position table: the one check every path that
+    /// feeds this model (training, evaluation, answering) makes.
+    pub fn check_window(&self, window: &qa_data::WindowConfig) -> Result<(), String> {
+        if window.max_seq_length > self.max_position_embeddings {
+            return Err(format!(
+                "max_seq_length {} exceeds the model's max_position_embeddings {}; lower \
+                 max_seq_length",
+                window.max_seq_length, self.max_position_embeddings
+            ));
+        }
+        Ok(())
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

@@ -1,6 +1,6 @@
-//! Errors of model loading and saving; each names the file and, for tensors, the tensor.
+//! Errors of loading, saving and answering; each names the file and, for tensors, the tensor.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -35,6 +35,17 @@ pub enum ModelError {
 
     #[error("{path}: {message}")]
     Record { path: PathBuf, message: String },
+
+    #[error("{path}: invalid answering settings: {message}")]
+    Settings { path: PathBuf, message: String },
+
+    /// Reading, tokenizing or windowing text (the tokenizer file, a dataset).
+    #[error(transparent)]
+    Data(#[from] qa_data::DataError),
+
+    /// A request that cannot be answered as asked: the message says why.
+    #[error("{0}")]
+    Input(String),
 }
 
 impl ModelError {
@@ -44,4 +55,15 @@ impl ModelError {
             error: source,
         }
     }
+}
+
+/// Writes `bytes` to `path` atomically (see [`qa_data::atomic`]), as a model error.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    qa_data::atomic::write(path, bytes).map_err(|e| match e {
+        qa_data::DataError::Io { path, error } => ModelError::Io { path, error },
+        other => ModelError::Record {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    })
 }

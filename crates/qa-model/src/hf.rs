@@ -5,155 +5,27 @@
 //! it did not use. Saving writes a directory transformers loads as `BertForQuestionAnswering`:
 //! `config.json`, `model.safetensors` with HF tensor names, the tokenizer, and burn's own record.
 //!
-//! One table, [`visit_parameters`], maps each parameter of [`BertForQuestionAnswering`] to its HF
-//! name; loading and saving both walk it.
+//! Both walk one table, [`crate::params`], from each parameter to its HF name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, Linear};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 
-use crate::bert::BertForQuestionAnswering;
+use crate::bert::{BertForQuestionAnswering, materialize};
 use crate::config::BertConfig;
-use crate::error::ModelError;
+use crate::error::{ModelError, write_atomic};
+use crate::params::{ENCODER_PREFIX, HEAD_PREFIX, Slot, visit_parameters};
+use crate::record::{BURN_RECORD_FILE, load_record, save_record};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 pub const PYTORCH_FILE: &str = "pytorch_model.bin";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-/// burn's binary record of the model, for fast reload by this project.
-pub const BURN_RECORD_FILE: &str = "model.burn.bin";
-
-const HEAD_PREFIX: &str = "qa_outputs.";
-const ENCODER_PREFIX: &str = "bert.";
-
-/// A parameter and how its HF tensor relates to it.
-pub(crate) enum Slot<'a, B: Backend> {
-    /// Biases and LayerNorm scales: same shape in both.
-    Vector(&'a mut Param<Tensor<B, 1>>),
-    /// Embedding tables: `[rows, hidden]` in both.
-    Table(&'a mut Param<Tensor<B, 2>>),
-    /// Linear weights: HF stores `[out, in]`, burn `[in, out]`.
-    LinearWeight(&'a mut Param<Tensor<B, 2>>),
-}
-
-/// What [`visit_parameters`] calls for each parameter.
-pub(crate) type ParamVisitor<'f, B> = dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError> + 'f;
-
-/// Calls `f` with the HF name (with `bert.` prefix) of every parameter, in checkpoint order.
-pub(crate) fn visit_parameters<B: Backend>(
-    model: &mut BertForQuestionAnswering<B>,
-    f: &mut ParamVisitor<'_, B>,
-) -> Result<(), ModelError> {
-    fn linear<B: Backend>(
-        name: &str,
-        l: &mut Linear<B>,
-        f: &mut ParamVisitor<'_, B>,
-    ) -> Result<(), ModelError> {
-        f(&format!("{name}.weight"), Slot::LinearWeight(&mut l.weight))?;
-        if let Some(b) = l.bias.as_mut() {
-            f(&format!("{name}.bias"), Slot::Vector(b))?;
-        }
-        Ok(())
-    }
-    fn layer_norm<B: Backend>(
-        name: &str,
-        n: &mut LayerNorm<B>,
-        f: &mut ParamVisitor<'_, B>,
-    ) -> Result<(), ModelError> {
-        f(&format!("{name}.weight"), Slot::Vector(&mut n.gamma))?;
-        if let Some(b) = n.beta.as_mut() {
-            f(&format!("{name}.bias"), Slot::Vector(b))?;
-        }
-        Ok(())
-    }
-
-    let e = &mut model.bert.embeddings;
-    f(
-        "bert.embeddings.word_embeddings.weight",
-        Slot::Table(&mut e.word_embeddings.weight),
-    )?;
-    f(
-        "bert.embeddings.position_embeddings.weight",
-        Slot::Table(&mut e.position_embeddings.weight),
-    )?;
-    f(
-        "bert.embeddings.token_type_embeddings.weight",
-        Slot::Table(&mut e.token_type_embeddings.weight),
-    )?;
-    layer_norm("bert.embeddings.LayerNorm", &mut e.layer_norm, f)?;
-    for (i, layer) in model.bert.layers.iter_mut().enumerate() {
-        let p = format!("bert.encoder.layer.{i}");
-        let a = &mut layer.attention;
-        linear(&format!("{p}.attention.self.query"), &mut a.query, f)?;
-        linear(&format!("{p}.attention.self.key"), &mut a.key, f)?;
-        linear(&format!("{p}.attention.self.value"), &mut a.value, f)?;
-        linear(&format!("{p}.attention.output.dense"), &mut a.output, f)?;
-        layer_norm(
-            &format!("{p}.attention.output.LayerNorm"),
-            &mut a.layer_norm,
-            f,
-        )?;
-        let ff = &mut layer.feed_forward;
-        linear(&format!("{p}.intermediate.dense"), &mut ff.intermediate, f)?;
-        linear(&format!("{p}.output.dense"), &mut ff.output, f)?;
-        layer_norm(&format!("{p}.output.LayerNorm"), &mut ff.layer_norm, f)?;
-    }
-    linear("qa_outputs", &mut model.qa_outputs, f)
-}
-
-/// One parameter: its Hugging Face name, its id in the module, and its rank.
-#[derive(Debug, Clone)]
-pub struct ParamInfo {
-    pub name: String,
-    pub id: burn::module::ParamId,
-    pub rank: usize,
-}
-
-impl ParamInfo {
-    /// Biases and LayerNorm parameters are not weight-decayed (the BERT recipe).
-    pub fn decays(&self) -> bool {
-        !(self.name.ends_with(".bias") || self.name.contains("LayerNorm"))
-    }
-}
-
-/// Every parameter of `model`, in checkpoint order.
-pub fn parameters<B: Backend>(model: &BertForQuestionAnswering<B>) -> Vec<ParamInfo> {
-    let mut out = Vec::new();
-    let mut copy = model.clone();
-    visit_parameters(&mut copy, &mut |name, slot| {
-        let (id, rank) = match slot {
-            Slot::Vector(p) => (p.id, 1),
-            Slot::Table(p) | Slot::LinearWeight(p) => (p.id, 2),
-        };
-        out.push(ParamInfo {
-            name: name.to_string(),
-            id,
-            rank,
-        });
-        Ok(())
-    })
-    .expect("listing cannot fail");
-    out
-}
-
-/// Draws every lazily initialised parameter, so clones share values.
-pub(crate) fn materialize<B: Backend>(model: &mut BertForQuestionAnswering<B>) {
-    visit_parameters(model, &mut |_, slot| {
-        match slot {
-            Slot::Vector(p) => drop(p.val()),
-            Slot::Table(p) | Slot::LinearWeight(p) => drop(p.val()),
-        }
-        Ok(())
-    })
-    .expect("materialising cannot fail");
-}
 
 /// What loading did, for the user to read.
 #[derive(Debug, Clone, Serialize)]
@@ -214,8 +86,8 @@ pub fn load_pretrained<B: Backend>(
     let config = BertConfig::load(&dir.join(CONFIG_FILE))?;
     let (weights_file, tensors) = read_checkpoint(dir)?;
     let model = BertForQuestionAnswering::init_lazy(&config, device);
-    let (mut model, report) = apply_tensors(model, &weights_file, tensors, device)?;
-    materialize(&mut model);
+    let (model, report) = apply_tensors(model, &weights_file, tensors, device)?;
+    materialize(&model);
     Ok(LoadedModel {
         model,
         config,
@@ -429,11 +301,12 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Writes `model` as a Hugging Face `BertForQuestionAnswering` directory, every file atomically.
-/// `tokenizer_json` is copied in when given.
+/// `tokenizer`, when given, is a `tokenizer.json` to copy in, or the model directory whose
+/// tokenizer files ([`qa_data::tokenize::TOKENIZER_FILES`]) are copied.
 pub fn save_pretrained<B: Backend>(
     model: &BertForQuestionAnswering<B>,
     config: &BertConfig,
-    tokenizer_json: Option<&Path>,
+    tokenizer: Option<&Path>,
     dir: &Path,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
@@ -474,44 +347,24 @@ pub fn save_pretrained<B: Backend>(
         &dir.join(CONFIG_FILE),
         config.to_question_answering_json().as_bytes(),
     )?;
-    if let Some(tokenizer) = tokenizer_json {
-        let text = std::fs::read(tokenizer).map_err(|e| ModelError::io(tokenizer, e))?;
-        write_atomic(&dir.join(TOKENIZER_FILE), &text)?;
+    for (from, name) in tokenizer_files(tokenizer) {
+        let bytes = std::fs::read(&from).map_err(|e| ModelError::io(&from, e))?;
+        write_atomic(&dir.join(name), &bytes)?;
     }
     save_record(model, &dir.join(BURN_RECORD_FILE))
 }
 
-/// burn's binary record of `model`, written atomically.
-pub fn save_record<B: Backend>(
-    model: &BertForQuestionAnswering<B>,
-    path: &Path,
-) -> Result<(), ModelError> {
-    let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .record(model.clone().into_record(), ())
-        .map_err(|e| ModelError::Record {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    write_atomic(path, &bytes)
-}
-
-/// Loads a model saved by [`save_pretrained`] from burn's record (faster than safetensors), with
-/// the config from the same directory.
-pub fn load_record<B: Backend>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<(BertForQuestionAnswering<B>, BertConfig), ModelError> {
-    let config = BertConfig::load(&dir.join(CONFIG_FILE))?;
-    let path = dir.join(BURN_RECORD_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
-    let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .load(bytes, device)
-        .map_err(|e| ModelError::Record {
-            path: path.clone(),
-            message: format!("not a model record for this config: {e}"),
-        })?;
-    let model = BertForQuestionAnswering::init_lazy(&config, device).load_record(record);
-    Ok((model, config))
+/// The files to copy for `tokenizer` (see [`save_pretrained`]) and their names in the copy.
+fn tokenizer_files(tokenizer: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
+    match tokenizer {
+        None => Vec::new(),
+        Some(dir) if dir.is_dir() => qa_data::tokenize::TOKENIZER_FILES
+            .iter()
+            .map(|name| (dir.join(name), *name))
+            .filter(|(path, _)| path.is_file())
+            .collect(),
+        Some(file) => vec![(file.to_path_buf(), TOKENIZER_FILE)],
+    }
 }
 
 /// Loads whatever `dir` holds: burn's record when present, else the Hugging Face weights.
@@ -542,16 +395,6 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
     let data = t.into_data().convert::<f32>();
     let shape = data.shape.to_vec();
     (shape, data.into_vec::<f32>().expect("converted to f32"))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    qa_data::atomic::write(path, bytes).map_err(|e| match e {
-        qa_data::DataError::Io { path, error } => ModelError::Io { path, error },
-        other => ModelError::Record {
-            path: path.to_path_buf(),
-            message: other.to_string(),
-        },
-    })
 }
 
 #[cfg(test)]

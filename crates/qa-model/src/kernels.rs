@@ -1,18 +1,25 @@
-//! Linear layers, self-attention, the exact GELU, dropout and layer normalisation, with
-//! multi-threaded f32 paths for the CPU backend, for inference and for training.
+//! Linear layers, self-attention, the exact GELU, dropout and layer normalisation: each public
+//! function is one dispatch over three execution paths, tried in this order.
 //!
-//! burn-flex 0.21 runs its fused attention one (batch, head) pair at a time and its GELU with a
-//! scalar `erf`, both on one core, and a linear layer as a zero-filled matrix product followed by
+//! | op | `Autodiff<Flex>`: training on the CPU ([`autodiff`]) | `Flex`: inference on the CPU ([`flex`]) | any other backend (CUDA, NdArray) |
+//! |---|---|---|---|
+//! | [`linear`] | one op, `gemm` from the bias, hand-written backward | one `gemm` starting from the bias | burn's `Linear` |
+//! | [`attention`] | one op, heads read in place, dropout on the probabilities, hand-written backward | per-head `gemm`s, heads read in place | burn's fused attention; spelled out when dropout is on |
+//! | [`gelu`] | one op, vectorised `erf` | vectorised `erf`, in place | burn's `gelu` |
+//! | [`dropout`] | hashed mask (recordable), hand-written backward | identity (no autodiff) | burn's `Dropout` |
+//! | [`layer_norm`] | one op, hand-written backward | burn's `LayerNorm` | burn's `LayerNorm` |
+//! | [`add_layer_norm`] | the sum, then [`layer_norm`] | one fused parallel pass | the sum, then burn's `LayerNorm` |
+//!
+//! Why: burn-flex 0.21 runs its fused attention one (batch, head) pair at a time and its GELU with
+//! a scalar `erf`, both on one core, and a linear layer as a zero-filled matrix product followed by
 //! a separate bias pass: together about half of a MiniLM forward pass (profile in
 //! docs/benchmarks.md). Under autodiff it is worse: every elementary operation is recorded and
 //! differentiated on its own, and dropout draws its mask one number at a time on one thread.
 //!
-//! So on `Flex` with f32 tensors ([`flex`]) these functions run the same mathematics spread over
-//! rayon's threads: one `gemm` call per linear layer that starts from the bias, vectorised `exp`
-//! and `erf`, and attention that reads the heads straight out of the `[batch, seq, hidden]`
-//! projections instead of copying them into `[batch, heads, seq, head_dim]`. On `Autodiff<Flex>`
-//! ([`train`]) each function is one autodiff operation with a hand-written backward pass built
-//! from the same routines. Every other backend (CUDA, NdArray) gets burn's own operations.
+//! Every path function takes its operands by value and returns `Ok(output)` when the backend and
+//! dtype are its own, or `Err(operands)` to hand them to the next path. The f32 arithmetic both
+//! CPU paths share is in [`routines`] and [`math`]; [`native`] is how a generic tensor steps out to
+//! a concrete backend's primitive and back.
 
 use burn::nn::{Dropout, LayerNorm, Linear};
 use burn::tensor::activation::{gelu as burn_gelu, softmax};
@@ -21,25 +28,34 @@ use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
+mod autodiff;
+mod flex;
+mod math;
+mod routines;
+
 /// `x W + b` over `[batch, seq, features]`, as one 2-D matrix product (burn's `Linear` broadcasts
 /// the weight to the batch, which costs a copy on the CPU).
 pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, features] = x.dims();
     let x = x.reshape([batch * seq, features]);
-    #[cfg(feature = "flex")]
-    let y = train::linear(layer, x)
+    let y = autodiff::linear(layer, x)
         .or_else(|x| flex::linear(layer, x))
         .unwrap_or_else(|x| layer.forward(x));
-    #[cfg(not(feature = "flex"))]
-    let y = layer.forward(x);
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
 }
 
+/// The query, key and value projections attention reads, `[batch, seq, hidden]` each, with the
+/// heads packed in the last dimension.
+pub(crate) struct Qkv<B: Backend> {
+    pub q: Tensor<B, 3>,
+    pub k: Tensor<B, 3>,
+    pub v: Tensor<B, 3>,
+}
+
 /// Scaled dot-product attention, `softmax(Q Kᵀ / √d + mask) V`, for `heads` heads packed in the
 /// last dimension of `[batch, seq, hidden]` projections. Padded keys (`true` in the `[batch, seq]`
-/// mask) get no weight. While training, `dropout` drops attention probabilities as BERT does;
-/// burn's fused attention has no dropout, so on other backends that path is spelled out.
+/// mask) get no weight. While training, `dropout` drops attention probabilities as BERT does.
 pub fn attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
@@ -48,10 +64,19 @@ pub fn attention<B: Backend>(
     heads: usize,
     dropout: &Dropout,
 ) -> Tensor<B, 3> {
-    #[cfg(feature = "flex")]
-    if let Some(out) = train::attention(&q, &k, &v, padding, heads, dropout.prob) {
-        return out;
-    }
+    autodiff::attention(Qkv { q, k, v }, padding, heads, dropout.prob)
+        .or_else(|qkv| flex::attention(qkv, padding, heads))
+        .unwrap_or_else(|qkv| attention_with_burn_ops(qkv, padding, heads, dropout))
+}
+
+/// Attention on any backend. burn's fused attention has no dropout, so while training with
+/// dropout the operations are spelled out.
+fn attention_with_burn_ops<B: Backend>(
+    Qkv { q, k, v }: Qkv<B>,
+    padding: Option<&Tensor<B, 2, Bool>>,
+    heads: usize,
+    dropout: &Dropout,
+) -> Tensor<B, 3> {
     let [batch, seq, hidden] = q.dims();
     let head_dim = hidden / heads;
     let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
@@ -63,7 +88,6 @@ pub fn attention<B: Backend>(
                 .expand([batch, heads, seq, seq])
         })
     };
-
     if B::ad_enabled(&q.device()) && dropout.prob > 0.0 {
         let scores = split(q).matmul(split(k).swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let scores = match mask() {
@@ -72,10 +96,6 @@ pub fn attention<B: Backend>(
         };
         let probs = dropout.forward(softmax(scores, 3));
         return merge(probs.matmul(split(v)));
-    }
-    #[cfg(feature = "flex")]
-    if let Some(out) = flex::attention(&q, &k, &v, padding, heads) {
-        return out;
     }
     merge(burn_attention(
         split(q),
@@ -89,12 +109,9 @@ pub fn attention<B: Backend>(
 
 /// The exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`, as BERT uses it.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    let x = match train::gelu(x).or_else(flex::gelu) {
-        Ok(out) => return out,
-        Err(x) => x,
-    };
-    burn_gelu(x)
+    autodiff::gelu(x)
+        .or_else(flex::gelu)
+        .unwrap_or_else(burn_gelu)
 }
 
 /// Dropout as burn's [`Dropout::forward`]: the identity unless the backend records gradients.
@@ -103,12 +120,7 @@ pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -
     if dropout.prob == 0.0 || !B::ad_enabled(&x.device()) {
         return x;
     }
-    #[cfg(feature = "flex")]
-    let x = match train::dropout(dropout.prob, x) {
-        Ok(out) => return out,
-        Err(x) => x,
-    };
-    dropout.forward(x)
+    autodiff::dropout(dropout.prob, x).unwrap_or_else(|x| dropout.forward(x))
 }
 
 /// One dropout mask that training on the CPU drew: the number of elements of the tensor it
@@ -126,9 +138,8 @@ pub struct DrawnMask {
 /// meanwhile, in the order drawn, so that another implementation can drop the same elements
 /// (crates/qa-train/tests/torch_parity.rs replays them in PyTorch). Other backends use burn's
 /// dropout, whose masks are not recorded. Not reentrant.
-#[cfg(feature = "flex")]
 pub fn recording_dropout_masks<T>(f: impl FnOnce() -> T) -> (T, Vec<DrawnMask>) {
-    train::recording_dropout_masks(f)
+    autodiff::recording_dropout_masks(f)
 }
 
 /// Layer normalisation over the last dimension with `layer`'s γ and β. `eps` must be the one
@@ -138,74 +149,59 @@ pub fn layer_norm<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     eps: f64,
 ) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    let x = match train::layer_norm(layer, x, eps) {
-        Ok(out) => return out,
-        Err(x) => x,
-    };
-    #[cfg(not(feature = "flex"))]
-    let _ = eps;
-    layer.forward(x)
+    autodiff::layer_norm(layer, x, eps).unwrap_or_else(|x| layer.forward(x))
 }
 
 /// `LayerNorm(x + residual)`: BERT's residual connections, and its embeddings with the position
 /// table as `residual` (leading dimension 1, the same positions for every sequence). On `Flex`
-/// without autodiff the sum and the normalisation are one parallel pass.
+/// the sum and the normalisation are one parallel pass.
 pub fn add_layer_norm<B: Backend, const D: usize>(
     layer: &LayerNorm<B>,
     x: Tensor<B, D>,
     residual: Tensor<B, D>,
     eps: f64,
 ) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    let (x, residual) = match flex::add_layer_norm(layer, x, residual, eps) {
-        Ok(out) => return out,
-        Err(operands) => operands,
-    };
-    layer_norm(layer, x + residual, eps)
+    flex::add_layer_norm(layer, x, residual, eps)
+        .unwrap_or_else(|(x, residual)| layer_norm(layer, x + residual, eps))
 }
 
-/// A tensor's float primitive as the concrete type `P` when backend `B` is `Target` and the tensor
-/// is f32, and back: how [`flex`] and [`train`] step out of the generic code. `P` must be
-/// `Target`'s float primitive.
-#[cfg(feature = "flex")]
-mod primitive {
+/// A generic tensor as the float primitive of a concrete backend `N`, and back: how the CPU
+/// paths step out of the generic model code. Backends are told apart by `TypeId`.
+mod native {
     use std::any::{Any, TypeId};
 
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorPrimitive};
 
-    pub fn is<B: Backend, Target: 'static>() -> bool {
-        TypeId::of::<B>() == TypeId::of::<Target>()
+    /// Whether `B` is `N`.
+    pub fn is<N: Backend, B: Backend>() -> bool {
+        TypeId::of::<B>() == TypeId::of::<N>()
     }
 
-    pub fn take<B: Backend, Target: 'static, P: 'static, const D: usize>(
+    /// `t`'s primitive when `B` is `N` and `t` holds f32; `t` back otherwise.
+    pub fn take<N: Backend, B: Backend, const D: usize>(
         t: Tensor<B, D>,
-    ) -> Result<P, Tensor<B, D>> {
-        if !is::<B, Target>() || t.dtype() != DType::F32 {
+    ) -> Result<N::FloatTensorPrimitive, Tensor<B, D>> {
+        if !is::<N, B>() || t.dtype() != DType::F32 {
             return Err(t);
         }
         let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
         Ok(*primitive
-            .downcast::<P>()
-            .expect("B is Target, so its float primitive is P"))
+            .downcast::<N::FloatTensorPrimitive>()
+            .expect("B is N, so their float primitives are one type"))
     }
 
-    pub fn give<B: Backend, P: 'static, const D: usize>(t: P) -> Tensor<B, D> {
+    /// A primitive of `N` as a tensor of `B`, which must be `N`.
+    pub fn give<N: Backend, B: Backend, const D: usize>(
+        t: N::FloatTensorPrimitive,
+    ) -> Tensor<B, D> {
         let primitive: Box<dyn Any> = Box::new(t);
         let primitive = *primitive
             .downcast::<B::FloatTensorPrimitive>()
-            .expect("B's float primitive is P");
+            .expect("B is N, so their float primitives are one type");
         Tensor::from_primitive(TensorPrimitive::Float(primitive))
     }
 }
-
-#[cfg(feature = "flex")]
-mod flex;
-#[cfg(feature = "flex")]
-mod math;
-#[cfg(feature = "flex")]
-mod train;
 
 #[cfg(test)]
 mod tests {

@@ -1,28 +1,39 @@
-//! `qa-model`: BERT with a span head in burn, and Hugging Face checkpoints in and out.
+//! `qa-model`: BERT with a span head in burn, Hugging Face checkpoints in and out, and answering
+//! questions with a trained model.
 //!
 //! | what | module |
 //! |---|---|
 //! | `config.json` as a typed struct | [`config`] |
 //! | the encoder and span head, generic over the backend | [`bert`] |
-//! | loading and saving HF directories and burn records | [`hf`] |
-//! | attention and GELU, multi-threaded on the CPU backend | [`kernels`] |
-//! | which CPU backend we run on | [`CpuBackend`] |
+//! | features -> padded tensors, the span loss | [`batch`] |
+//! | linear, attention, GELU, dropout, layer norm: one dispatch over the CPU paths and burn's ops | [`kernels`] |
+//! | each parameter's Hugging Face name | [`params`] |
+//! | Hugging Face directories in and out | [`hf`] |
+//! | burn's own record beside them | [`record`] |
+//! | where to run: `auto`/`cuda`/`cpu`, the CUDA probe, the backend chosen at run time | [`device`] |
+//! | answering questions and scoring datasets with a model directory | [`answering`] |
+//!
+//! This crate depends on `qa-data` (no burn) for what the answering API needs anyway: the
+//! tokenizer, windowing, span decoding and the official metrics, and its atomic file writes.
 
+pub mod answering;
+pub mod batch;
 pub mod bert;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod hf;
 pub mod kernels;
+pub mod params;
+pub mod record;
 
+pub use answering::{Answer, AnsweringSettings, Candidate, QuestionAnswerer};
 pub use bert::{BertForQuestionAnswering, BertInput, BertModel, MASKED_LOGIT, SpanLogits};
 pub use config::{Activation, BertConfig};
+pub use device::{DeviceChoice, OnBackend, run_on};
 pub use error::ModelError;
-pub use hf::{
-    LoadReport, LoadedModel, ParamInfo, load_model, load_pretrained, parameters, save_pretrained,
-};
+pub use hf::{LoadReport, LoadedModel, load_model, load_pretrained, save_pretrained};
+pub use params::{ParamInfo, parameters};
 
 /// The CPU backend, chosen by measurement (see docs/benchmarks.md).
-#[cfg(feature = "flex")]
 pub type CpuBackend = burn::backend::Flex;
-#[cfg(all(not(feature = "flex"), feature = "ndarray"))]
-pub type CpuBackend = burn::backend::NdArray;

@@ -13,6 +13,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
 use qa_model::{BertConfig, BertForQuestionAnswering, BertInput, CpuBackend, load_pretrained};
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
 static RNG: Mutex<()> = Mutex::new(());
 
 type Ad = Autodiff<CpuBackend>;
@@ -170,15 +173,12 @@ fn every_parameter_gradient_with_burns_dropout_matches_finite_differences() {
 
 /// The real MiniLM at a training size (work split across threads and SIMD lanes as in
 /// training), along the word embeddings (whose gradient passes through every dropout) and the
-/// first feed-forward matrix; needs `QA_SHARED_DIR`, skipped without it.
+/// first feed-forward matrix.
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn minilm_training_gradient_with_dropout_matches_finite_differences() {
-    let Some(shared) = std::env::var_os("QA_SHARED_DIR") else {
-        eprintln!("skipped: QA_SHARED_DIR is not set (it points at the shared MiniLM weights)");
-        return;
-    };
+    let dir = support::shared_minilm();
     let _alone = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = std::path::PathBuf::from(shared).join("models/all-MiniLM-L6-v2");
     // The checkpoint has no span head: seeded, the new one and so every figure below is the
     // same in every run (unseeded, a run could draw a direction with a gradient too small for
     // the 2 % tolerance to cover the loss's rounding).

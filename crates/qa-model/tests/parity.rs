@@ -1,9 +1,7 @@
 //! Parity with Hugging Face transformers: the last hidden states of all-MiniLM-L6-v2 for three
 //! question/context pairs must match `BertModel` (fp32, CPU) within 1e-4.
 //!
-//! Needs the shared assets: set `QA_SHARED_DIR` to the `shared/` folder (`.ci/run` does).
-
-use std::path::PathBuf;
+//! Needs the shared assets (`QA_SHARED_DIR`, see tests/support): ignored without them.
 
 use qa_model::{BertInput, CpuBackend, load_pretrained};
 use serde::Deserialize;
@@ -16,17 +14,15 @@ struct Golden {
     last_hidden_state: Vec<Vec<Vec<f32>>>,
 }
 
-fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("QA_SHARED_DIR").map(PathBuf::from);
-    if dir.is_none() {
-        eprintln!("skipped: QA_SHARED_DIR is not set (it points at the shared model assets)");
-    }
-    dir
-}
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use support::shared_dir;
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn minilm_hidden_states_match_transformers() {
-    let Some(shared) = shared_dir() else { return };
+    let shared = shared_dir();
     let golden: Golden = serde_json::from_str(
         &std::fs::read_to_string(shared.join("golden/minilm-l6-hidden-states.json")).unwrap(),
     )

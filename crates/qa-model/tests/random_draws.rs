@@ -30,6 +30,6 @@ fn loading_a_checkpoint_draws_no_random_numbers() {
     CpuBackend::seed(&device, 7);
     let loaded = qa_model::load_pretrained::<CpuBackend>(dir.path(), &device).unwrap();
     assert!(!loaded.report.head_initialized);
-    let (_record, _) = qa_model::hf::load_record::<CpuBackend>(dir.path(), &device).unwrap();
+    let (_record, _) = qa_model::record::load_record::<CpuBackend>(dir.path(), &device).unwrap();
     assert_eq!(draw(&device), expected);
 }

@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let features: Vec<usize> = (0..features.parse()?).collect();
     let (seed, epochs): (u64, usize) = (seed.parse()?, epochs.parse()?);
     let orders: Vec<Vec<usize>> = (0..epochs)
-        .map(|epoch| qa_train::batch::epoch_order(&features, seed, epoch))
+        .map(|epoch| qa_train::order::epoch_order(&features, seed, epoch))
         .collect();
     println!("{}", serde_json::to_string(&orders)?);
     Ok(())

@@ -9,23 +9,24 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use burn::module::Module;
+use burn::optim::Optimizer;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use qa_data::checksum::sha256_hex;
+use qa_model::BertForQuestionAnswering;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::early_stopping::EarlyStopping;
+use crate::learner::GroupedAdamW;
 use crate::log::{EvalRecord, LossRecord};
 
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const LATEST: &str = "latest";
 const STATE: &str = "state.json";
-
-/// Early stopping and best-model tracking.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EarlyStopping {
-    pub best: Option<f64>,
-    pub best_step: Option<usize>,
-    /// Consecutive evaluations without improvement.
-    pub counter: usize,
-}
+const MODEL_RECORD: &str = "model.bin";
+const OPTIM_DECAY_RECORD: &str = "optimizer-decay.bin";
+const OPTIM_NO_DECAY_RECORD: &str = "optimizer-no-decay.bin";
 
 /// Where the loop is and what it has seen: everything besides the records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +42,22 @@ pub struct LoopState {
     pub losses: Vec<LossRecord>,
     /// The training configuration as JSON, to refuse resuming with different settings.
     pub config: serde_json::Value,
+}
+
+impl LoopState {
+    /// The state before the first step of a run configured as `config` (see [`LoopState::config`]).
+    pub fn start(config: serde_json::Value) -> Self {
+        LoopState {
+            global_step: 0,
+            epoch: 0,
+            micro_in_epoch: 0,
+            micro_total: 0,
+            early_stopping: EarlyStopping::default(),
+            evaluations: Vec::new(),
+            losses: Vec::new(),
+            config,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,7 +91,7 @@ pub fn save(
     let mut sums = Vec::new();
     for (file, bytes) in records {
         qa_data::atomic::write(&tmp.join(file), bytes)?;
-        sums.push((file.to_string(), hex(&Sha256::digest(bytes))));
+        sums.push((file.to_string(), sha256_hex(bytes)));
     }
     let state_file = StateFile {
         state: state.clone(),
@@ -140,7 +157,7 @@ pub fn load_latest(output_dir: &Path) -> anyhow::Result<Loaded> {
     for (file, sum) in state_file.records {
         let path = dir.join(&file);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        if hex(&Sha256::digest(&bytes)) != sum {
+        if sha256_hex(&bytes) != sum {
             bail!(
                 "checkpoint is corrupt: {} does not match the checksum recorded when it was written",
                 path.display()
@@ -155,8 +172,47 @@ pub fn load_latest(output_dir: &Path) -> anyhow::Result<Loaded> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Writes a checkpoint of a training run: the model, both optimizer groups and `state`.
+pub(crate) fn save_training<B: AutodiffBackend>(
+    output_dir: &Path,
+    state: &LoopState,
+    model: &BertForQuestionAnswering<B>,
+    optim: &GroupedAdamW<B>,
+) -> anyhow::Result<()> {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let model_bytes = recorder.record(model.clone().into_record(), ())?;
+    let (decay, no_decay) = optim.to_record();
+    let decay_bytes = recorder.record(decay, ())?;
+    let no_decay_bytes = recorder.record(no_decay, ())?;
+    save(
+        output_dir,
+        state,
+        &[
+            (MODEL_RECORD, model_bytes),
+            (OPTIM_DECAY_RECORD, decay_bytes),
+            (OPTIM_NO_DECAY_RECORD, no_decay_bytes),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The model and optimizer of a checkpoint [`save_training`] wrote, loaded into `model` and
+/// `optim` on `device`.
+pub(crate) fn restore<B: AutodiffBackend>(
+    checkpoint: &Loaded,
+    model: BertForQuestionAnswering<B>,
+    optim: GroupedAdamW<B>,
+    device: &B::Device,
+) -> anyhow::Result<(BertForQuestionAnswering<B>, GroupedAdamW<B>)> {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let model_record = recorder
+        .load(checkpoint.record(MODEL_RECORD)?.to_vec(), device)
+        .context("checkpoint model record does not fit this model")?;
+    let optim = optim.load_record((
+        recorder.load(checkpoint.record(OPTIM_DECAY_RECORD)?.to_vec(), device)?,
+        recorder.load(checkpoint.record(OPTIM_NO_DECAY_RECORD)?.to_vec(), device)?,
+    ));
+    Ok((model.load_record(model_record), optim))
 }
 
 #[cfg(test)]
@@ -166,13 +222,9 @@ mod tests {
     fn state(step: usize) -> LoopState {
         LoopState {
             global_step: step,
-            epoch: 0,
             micro_in_epoch: step,
             micro_total: step,
-            early_stopping: EarlyStopping::default(),
-            evaluations: Vec::new(),
-            losses: Vec::new(),
-            config: serde_json::json!({"a": 1}),
+            ..LoopState::start(serde_json::json!({"a": 1}))
         }
     }
 

@@ -8,28 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use qa_data::{DecodeConfig, MisalignedPolicy, WindowConfig};
 
-/// Where to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// CUDA when a GPU is present, else the CPU.
-    #[default]
-    Auto,
-    Cuda,
-    Cpu,
-}
+use crate::early_stopping::StoppingRule;
+use crate::log::EvalRecord;
 
-impl std::str::FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cuda" => Ok(DeviceChoice::Cuda),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            other => Err(format!("unknown device '{other}': use auto, cuda or cpu")),
-        }
-    }
-}
+pub use qa_model::DeviceChoice;
 
 /// What early stopping and "best model" watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +20,26 @@ pub enum EarlyStoppingMetric {
     Exact,
     F1,
     EvalLoss,
+}
+
+impl EarlyStoppingMetric {
+    /// The key's value in configs and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::F1 => "f1",
+            Self::EvalLoss => "eval_loss",
+        }
+    }
+
+    /// This metric's value in an evaluation.
+    pub fn of(self, evaluation: &EvalRecord) -> f64 {
+        match self {
+            Self::Exact => evaluation.exact,
+            Self::F1 => evaluation.f1,
+            Self::EvalLoss => evaluation.eval_loss,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,14 +184,16 @@ pub struct TrainConfig {
 
 mod d {
     use super::EarlyStoppingMetric;
+    use qa_data::WindowConfig;
+    // Windows default to run_qa.py's, which live in WindowConfig.
     pub fn max_seq_length() -> usize {
-        384
+        WindowConfig::default().max_seq_length
     }
     pub fn doc_stride() -> usize {
-        128
+        WindowConfig::default().doc_stride
     }
     pub fn max_query_length() -> usize {
-        64
+        WindowConfig::default().max_query_length
     }
     pub fn num_train_epochs() -> usize {
         1
@@ -391,6 +395,15 @@ impl TrainConfig {
             max_answer_length: self.max_answer_length,
             null_score_diff_threshold: self.null_score_diff_threshold,
             version_2_with_negative,
+        }
+    }
+
+    pub fn stopping_rule(&self) -> StoppingRule {
+        StoppingRule {
+            minimize: self.early_stopping_metric_minimize,
+            delta: self.early_stopping_delta,
+            patience: self.early_stopping_patience,
+            stop_early: self.use_early_stopping,
         }
     }
 

@@ -1,10 +1,17 @@
 //! What burn-train's [`Learner`] holds while a span model trains: the model as a [`TrainStep`],
 //! AdamW in two parameter groups, and the warmup-then-linear-decay schedule.
 //!
-//! [`crate::trainer`] drives the learner one optimizer step at a time (`train_step`, `lr_step`,
-//! `optimizer_step`) instead of handing it to `SupervisedTraining::launch`: in burn 0.21 that loop
-//! validates and checkpoints per epoch only, panics on checkpoint I/O errors and returns the last
-//! model, not the best (see the module docs of [`crate::trainer`]).
+//! Why a `Learner` but not burn-train's training loop: [`crate::trainer`] drives the learner one
+//! optimizer step at a time (`train_step`, `lr_step`, `optimizer_step`) instead of handing it to
+//! `SupervisedTraining::launch`, because in burn 0.21 that loop validates and checkpoints per
+//! epoch only, keeps the optimizer state private (so a step-level, crash-safe checkpoint could not
+//! include it), panics on checkpoint I/O errors, overwrites epoch 1's metric logs after a resume
+//! (burn #1312) and returns the last model rather than the best.
+//!
+//! What the `Learner` requires, and nothing more: the model as a module that is both a
+//! [`TrainStep`] and (without autodiff) an [`InferenceStep`] whose outputs are [`ItemLazy`]
+//! ([`SpanModel`], [`StepLoss`]), an [`Optimizer`] ([`GroupedAdamW`]) and an [`LrScheduler`]
+//! ([`WarmupLinearDecay`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,7 +24,7 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::{InferenceStep, ItemLazy, LearningComponentsMarker, TrainOutput, TrainStep};
 use qa_model::{BertForQuestionAnswering, BertInput, ParamInfo};
 
-use crate::batch::{HostBatch, span_loss};
+use qa_model::batch::{HostBatch, span_loss};
 
 /// The learner this crate trains with.
 pub type SpanLearner<B> = burn::train::Learner<
@@ -193,13 +200,19 @@ impl<B: AutodiffBackend> Optimizer<SpanModel<B>, B> for GroupedAdamW<B> {
     }
 }
 
+/// BERT's recipe: weight matrices and embeddings are weight-decayed, biases and LayerNorm
+/// parameters are not.
+pub fn decays(param: &ParamInfo) -> bool {
+    !(param.name.ends_with(".bias") || param.name.contains("LayerNorm"))
+}
+
 /// Moves the gradients of parameters without weight decay into their own set.
 fn split_no_decay<B: AutodiffBackend>(
     grads: &mut GradientsParams,
     params: &[ParamInfo],
 ) -> GradientsParams {
     let mut no_decay = GradientsParams::new();
-    for p in params.iter().filter(|p| !p.decays()) {
+    for p in params.iter().filter(|p| !decays(p)) {
         match p.rank {
             1 => {
                 if let Some(t) = grads.remove::<B::InnerBackend, 1>(p.id) {
@@ -326,7 +339,7 @@ mod tests {
 
         // The handle kept outside the learner sees the state of the step the learner made.
         let params = qa_model::parameters(&trained);
-        let decayed = params.iter().filter(|p| p.decays()).count();
+        let decayed = params.iter().filter(|p| decays(p)).count();
         let (decay, no_decay) = optim.to_record();
         assert_eq!(decay.len(), decayed);
         assert_eq!(no_decay.len(), params.len() - decayed);

@@ -1,66 +1,39 @@
-//! `qa-train`: fine-tuning a BERT span model, and running it.
+//! `qa-train`: fine-tuning a BERT span model with a burn-train learner.
 //!
 //! | what | module |
 //! |---|---|
 //! | the TOML training configuration (Simple Transformers' knob names) | [`config`] |
-//! | CUDA-or-CPU choice, probed before any backend exists | [`device`] |
-//! | features -> padded tensors, the span loss | [`batch`] |
+//! | output dir and resume checks, data, model and step plan before the first step | `setup` |
+//! | the order an epoch visits the features in | [`order`] |
 //! | what burn-train's `Learner` holds: the model as a `TrainStep`, AdamW in two parameter groups, warmup then linear decay | [`learner`] |
-//! | the training loop driving the learner: global-norm clipping, accumulation, evaluation every N steps, early stopping | [`trainer`] |
+//! | averaging and global-norm clipping of gradients | `grads` |
+//! | the loop driving the learner: accumulation, evaluation every N steps, checkpoints | [`trainer`] |
+//! | early stopping and the best model, on metric values alone | [`early_stopping`] |
 //! | crash-safe, verifiable checkpoints | [`checkpoint`] |
 //! | the metrics log and plots | [`log`] |
-//! | evaluation and question answering with a trained model | [`infer`] |
 //!
-//! [`train`] runs a configuration on the device it names, choosing the backend at run time.
+//! Answering and evaluating with a trained model is `qa_model::answering`; choosing the device
+//! is `qa_model::device`. [`train`] runs a configuration on the device it names.
 
-pub mod batch;
 pub mod checkpoint;
 pub mod config;
-pub mod device;
-pub mod infer;
+pub mod early_stopping;
+mod grads;
 pub mod learner;
 pub mod log;
+pub mod order;
+mod setup;
 pub mod trainer;
 
+mod progress;
+
 pub use config::{DeviceChoice, TrainConfig};
-pub use device::{Device, DeviceDecision};
-pub use infer::Predictor;
 pub use trainer::{RunOptions, TrainSummary};
 
 use burn::backend::Autodiff;
-use qa_model::CpuBackend;
+use qa_model::OnBackend;
 
-/// The CUDA backend (f32, TF32 tensor cores where the card has them).
-#[cfg(feature = "cuda")]
-pub type CudaBackend = burn::backend::Cuda;
-
-/// Work that can run on any backend; [`run_on`] picks the backend at run time.
-pub trait OnBackend {
-    type Output;
-    fn run<B: burn::tensor::backend::Backend>(
-        self,
-        device: B::Device,
-    ) -> anyhow::Result<Self::Output>;
-}
-
-/// Runs `job` on the device `choice` resolves to (CUDA first under `auto`), saying which and why.
-pub fn run_on<J: OnBackend>(
-    choice: DeviceChoice,
-    job: J,
-    say: &dyn Fn(String),
-) -> anyhow::Result<J::Output> {
-    let decision = device::choose(choice).map_err(anyhow::Error::msg)?;
-    say(format!("device: {}", decision.reason));
-    match decision.device {
-        Device::Cpu => job.run::<CpuBackend>(Default::default()),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(i) => job.run::<CudaBackend>(burn::backend::cuda::CudaDevice::new(i)),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => unreachable!("device::choose never picks CUDA without the cuda feature"),
-    }
-}
-
-/// Trains `config` on the device it asks for.
+/// Trains `config` on the device it asks for (CUDA first under `auto`).
 pub fn train(
     config: &TrainConfig,
     options: &RunOptions,
@@ -80,7 +53,7 @@ pub fn train(
             trainer::train::<Autodiff<B>>(self.config, self.options, device, self.say)
         }
     }
-    run_on(
+    qa_model::run_on(
         config.device,
         Job {
             config,

@@ -5,8 +5,8 @@
 //! the batch order and the masks our run drew, so that the two runs still do the same arithmetic.
 //!
 //! Needs `QA_SHARED_DIR` (the shared MiniLM) and `QA_TORCH_PYTHON`, a Python with torch,
-//! transformers and numpy; skipped, saying so, without either. CI has no torch, so this runs on
-//! machines that have it (the result is recorded in the issue notes).
+//! transformers and numpy (see tests/support): ignored without them. CI has no torch and skips
+//! `with_torch::`, so this runs on machines that have it (the result is in the issue notes).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,31 +17,22 @@ use qa_train::{RunOptions, TrainConfig};
 const STEPS: usize = 10;
 const SEED: u64 = 42;
 
-fn env_path(name: &str, what: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(name).map(PathBuf::from);
-    if path.is_none() {
-        eprintln!("skipped: {name} is not set ({what})");
-    }
-    path
-}
+#[path = "../../../tests/support/mod.rs"]
+mod support;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::repo_root;
 
 /// Where a comparison runs: the first four paragraphs (20 questions, 25 features) of the shipped
 /// SQuAD sample as a flat list, and the two programs.
 struct Bench {
     dir: tempfile::TempDir,
     data: PathBuf,
-    shared: PathBuf,
     python: PathBuf,
 }
 
 impl Bench {
-    fn new() -> Option<Self> {
-        let shared = env_path("QA_SHARED_DIR", "it points at the shared model assets")?;
-        let python = env_path("QA_TORCH_PYTHON", "a Python with torch and transformers")?;
+    fn new() -> Self {
+        let python = support::torch_python();
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string(repo_root().join("datasets/squad-sample/train.json"))
             .expect("datasets/squad-sample/train.json");
@@ -55,12 +46,7 @@ impl Bench {
             .collect();
         let data = dir.path().join("train.json");
         std::fs::write(&data, serde_json::Value::Array(paragraphs).to_string()).unwrap();
-        Some(Bench {
-            dir,
-            data,
-            shared,
-            python,
-        })
+        Bench { dir, data, python }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -165,57 +151,60 @@ fn assert_same_losses(ours: &[f64], expected: &[f64]) {
     }
 }
 
-#[test]
-fn training_steps_match_pytorch() {
-    let Some(bench) = Bench::new() else {
-        return;
-    };
-    // PyTorch first: it draws the span head and saves the starting point for both.
-    let init = bench.path("init");
-    let mut extra = save_init("0", &init);
-    extra.push("--no-shuffle".into());
-    let model = bench.shared.join("models/all-MiniLM-L6-v2");
-    let (expected, _) = bench.torch(&model, STEPS, &extra);
-    let (ours, _) = bench.ours(&init);
-    assert_same_losses(&ours, &expected);
-}
+/// `.ci/run` skips this module unless `QA_TORCH_PYTHON` is set.
+mod with_torch {
+    use super::*;
 
-#[test]
-fn training_steps_with_dropout_match_pytorch_given_our_masks() {
-    let Some(bench) = Bench::new() else {
-        return;
-    };
-    // The starting point, with dropout 0.1 in its config (no training steps).
-    let init = bench.path("init");
-    let model = bench.shared.join("models/all-MiniLM-L6-v2");
-    bench.torch(&model, 0, &save_init("0.1", &init));
+    #[test]
+    #[ignore = "needs QA_TORCH_PYTHON and QA_SHARED_DIR"]
+    fn training_steps_match_pytorch() {
+        let bench = Bench::new();
+        // PyTorch first: it draws the span head and saves the starting point for both.
+        let init = bench.path("init");
+        let mut extra = save_init("0", &init);
+        extra.push("--no-shuffle".into());
+        let model = support::shared_minilm();
+        let (expected, _) = bench.torch(&model, STEPS, &extra);
+        let (ours, _) = bench.ours(&init);
+        assert_same_losses(&ours, &expected);
+    }
 
-    let ((ours, features), masks) =
-        qa_model::kernels::recording_dropout_masks(|| bench.ours(&init));
-    // Per step: the embeddings, then attention probabilities and two hidden outputs per layer.
-    assert_eq!(masks.len(), STEPS * (1 + 3 * 6), "{} masks", masks.len());
+    #[test]
+    #[ignore = "needs QA_TORCH_PYTHON and QA_SHARED_DIR"]
+    fn training_steps_with_dropout_match_pytorch_given_our_masks() {
+        let bench = Bench::new();
+        // The starting point, with dropout 0.1 in its config (no training steps).
+        let init = bench.path("init");
+        let model = support::shared_minilm();
+        bench.torch(&model, 0, &save_init("0.1", &init));
 
-    // Masks are indexed by position in the batch: PyTorch gets our order too. Every feature is
-    // trainable here (checked against PyTorch's count below), so indices are the same in both.
-    let all: Vec<usize> = (0..features).collect();
-    let orders: Vec<Vec<usize>> = (0..STEPS)
-        .map(|epoch| qa_train::batch::epoch_order(&all, SEED, epoch))
-        .collect();
-    let order = bench.path("order.json");
-    std::fs::write(&order, serde_json::to_string(&orders).unwrap()).unwrap();
-    let masks_file = bench.path("masks.json");
-    std::fs::write(&masks_file, serde_json::to_string(&masks).unwrap()).unwrap();
+        let ((ours, features), masks) =
+            qa_model::kernels::recording_dropout_masks(|| bench.ours(&init));
+        // Per step: the embeddings, then attention probabilities and two hidden outputs per layer.
+        assert_eq!(masks.len(), STEPS * (1 + 3 * 6), "{} masks", masks.len());
 
-    let extra = [
-        OsString::from("--order"),
-        order.into(),
-        OsString::from("--dropout-masks"),
-        masks_file.into(),
-    ];
-    let (expected, torch_features) = bench.torch(&init, STEPS, &extra);
-    assert_eq!(
-        features, torch_features,
-        "trainable features, ours and PyTorch"
-    );
-    assert_same_losses(&ours, &expected);
+        // Masks are indexed by position in the batch: PyTorch gets our order too. Every feature is
+        // trainable here (checked against PyTorch's count below), so indices are the same in both.
+        let all: Vec<usize> = (0..features).collect();
+        let orders: Vec<Vec<usize>> = (0..STEPS)
+            .map(|epoch| qa_train::order::epoch_order(&all, SEED, epoch))
+            .collect();
+        let order = bench.path("order.json");
+        std::fs::write(&order, serde_json::to_string(&orders).unwrap()).unwrap();
+        let masks_file = bench.path("masks.json");
+        std::fs::write(&masks_file, serde_json::to_string(&masks).unwrap()).unwrap();
+
+        let extra = [
+            OsString::from("--order"),
+            order.into(),
+            OsString::from("--dropout-masks"),
+            masks_file.into(),
+        ];
+        let (expected, torch_features) = bench.torch(&init, STEPS, &extra);
+        assert_eq!(
+            features, torch_features,
+            "trainable features, ours and PyTorch"
+        );
+        assert_same_losses(&ours, &expected);
+    }
 }

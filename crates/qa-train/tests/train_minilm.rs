@@ -2,7 +2,7 @@
 //! uninterrupted one, early stopping stops, a damaged checkpoint is refused, a diverging run stops,
 //! and burn's own operations (what CUDA runs) train like our CPU kernels.
 //!
-//! Needs the shared assets: set `QA_SHARED_DIR` to the `shared/` folder (`.ci/run` does).
+//! Needs the shared assets (`QA_SHARED_DIR`, see tests/support): ignored without them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -12,15 +12,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use qa_train::log::EvalRecord;
 use qa_train::{RunOptions, TrainConfig};
 
-fn shared_model() -> Option<PathBuf> {
-    match std::env::var_os("QA_SHARED_DIR") {
-        Some(d) => Some(PathBuf::from(d).join("models/all-MiniLM-L6-v2")),
-        None => {
-            eprintln!("skipped: QA_SHARED_DIR is not set (it points at the shared MiniLM weights)");
-            None
-        }
-    }
-}
+#[path = "../../../tests/support/mod.rs"]
+mod support;
 
 /// Six short questions whose answers a model can memorise.
 const DATA: &str = r#"[
@@ -88,8 +81,9 @@ fn one_run_at_a_time() -> MutexGuard<'static, ()> {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn minilm_overfits_six_questions() {
-    let Some(model) = shared_model() else { return };
+    let model = support::shared_minilm();
     let _turn = one_run_at_a_time();
     let (_dir, config) = setup(
         &model,
@@ -150,8 +144,9 @@ fn final_weights(out: &Path) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn resumed_run_equals_uninterrupted_run() {
-    let Some(model) = shared_model() else { return };
+    let model = support::shared_minilm();
     let _turn = one_run_at_a_time();
     // Dropout is on (MiniLM's config says 0.1), weight decay and clipping too.
     let extra = "max_steps = 6\nlearning_rate = 1e-4\nwarmup_ratio = 0.2\nweight_decay = 0.01\nmax_grad_norm = 0.5\nevaluate_during_training = false\nnum_train_epochs = 5\ngradient_accumulation_steps = 2\ntrain_batch_size = 2\n";
@@ -212,8 +207,9 @@ fn resumed_run_equals_uninterrupted_run() {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn early_stopping_stops_after_patience() {
-    let Some(model) = shared_model() else { return };
+    let model = support::shared_minilm();
     let _turn = one_run_at_a_time();
     // No evaluation can improve on the first by more than the delta: with patience 1 the run
     // stops at the third evaluation.
@@ -229,8 +225,9 @@ fn early_stopping_stops_after_patience() {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn existing_output_dir_is_not_touched_without_permission() {
-    let Some(model) = shared_model() else { return };
+    let model = support::shared_minilm();
     let _turn = one_run_at_a_time();
     let (_dir, mut config) = setup(&model, "evaluate_during_training = false\n");
     std::fs::create_dir_all(&config.output_dir).unwrap();
@@ -248,8 +245,9 @@ fn existing_output_dir_is_not_touched_without_permission() {
 }
 
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
-    let Some(model) = shared_model() else { return };
+    let model = support::shared_minilm();
     let _turn = one_run_at_a_time();
     // A learning rate no model survives: the loss turns NaN after the first updates.
     let (_dir, mut config) = setup(
@@ -321,8 +319,9 @@ fn close(a: f64, b: f64) -> bool {
 /// the same loss after every update and the same evaluations. Without dropout, so that nothing
 /// random is left once both start from one model.
 #[test]
+#[ignore = "needs QA_SHARED_DIR"]
 fn burn_operations_train_like_our_cpu_kernels() {
-    let Some(model) = shared_model() else { return };
+    let model = support::shared_minilm();
     let _turn = one_run_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let start = start_model(&model, dir.path());

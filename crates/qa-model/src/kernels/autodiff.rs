@@ -4,7 +4,7 @@
 //! broadcast weight, a matrix product and a bias add; attention a dozen reshapes, transposes and
 //! a softmax; dropout a mask drawn one number at a time on one thread) and runs their backward
 //! passes one by one. Here each layer is one autodiff operation with its own backward pass, both
-//! built from the f32 routines of [`super::flex`] and [`super::math`]: the same arithmetic as the
+//! built from the f32 routines of [`super::routines`] and [`super::math`]: the same arithmetic as the
 //! inference path, multi-threaded, without the copies.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,30 +20,16 @@ use burn::tensor::{Bool, DType, Distribution, Tensor, TensorMetadata};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::DrawnMask;
-use super::flex::{
-    AttentionShape, CHUNK, Mat, attention_backward_f32, attention_f32, f32_tensor, f32s, host_mask,
-    linear_f32, map_chunks, matmul,
-};
+use super::flex::{f32_tensor, f32s, host_mask, map_chunks};
 use super::math::{self, DropoutMask};
-use super::primitive;
+use super::routines::{
+    AttentionShape, CHUNK, Mat, attention_backward_f32, attention_f32, linear_f32, matmul,
+};
+use super::{DrawnMask, Qkv, native};
 
 type Ad = Autodiff<Flex>;
 /// The float tensor of `Autodiff<Flex>`: a `FlexTensor` and its node in the autodiff graph.
 type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
-
-fn is_ad_flex<B: Backend>() -> bool {
-    primitive::is::<B, Ad>()
-}
-
-/// The tensor as an `Autodiff<Flex>` primitive when `B` is `Autodiff<Flex>` and it is f32.
-fn ad_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<AdTensor, Tensor<B, D>> {
-    primitive::take::<B, Ad, AdTensor, D>(t)
-}
-
-fn from_ad<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
-    primitive::give(t)
-}
 
 /// An input and two f32 parameters of a layer as `Autodiff<Flex>` tensors, with their values
 /// made contiguous; the input back when the backend or a dtype is another.
@@ -60,9 +46,9 @@ fn operands<B: Backend, const D: usize, const P: usize, const Q: usize>(
     if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
         return Err(x);
     }
-    let x = ad_tensor(x)?;
-    let a = ad_tensor(a).unwrap_or_else(|_| unreachable!("B and dtype checked"));
-    let b = ad_tensor(b).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let x = native::take::<Ad, _, _>(x)?;
+    let a = native::take::<Ad, _, _>(a).unwrap_or_else(|_| unreachable!("B and dtype checked"));
+    let b = native::take::<Ad, _, _>(b).unwrap_or_else(|_| unreachable!("B and dtype checked"));
     let tensors = [x, a, b];
     let values = tensors.each_ref().map(|t| t.primitive.to_contiguous());
     Ok(Operands { tensors, values })
@@ -194,7 +180,7 @@ pub(super) fn linear<B: Backend>(
     let [m, k] = dims(&xs);
     let [_, n] = dims(&ws);
     let y = linear_f32([m, k, n], f32s(&xs), f32s(&ws), Some(f32s(&bs)));
-    Ok(from_ad(record(
+    Ok(native::give::<Ad, _, _>(record(
         LinearBackward,
         [&x, &weight, &bias],
         || (xs, ws),
@@ -226,11 +212,16 @@ impl Backward<Flex, 1> for GeluBackward {
 pub(super) fn gelu<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    let x = ad_tensor(x)?;
+    let x = native::take::<Ad, _, _>(x)?;
     let input = x.primitive.to_contiguous();
     // The input stays shared (backward needs it), so this maps a copy.
     let y = map_chunks(input.clone(), |values, _| math::gelu_in_place(values));
-    Ok(from_ad(record(GeluBackward, [&x], || input, y)))
+    Ok(native::give::<Ad, _, _>(record(
+        GeluBackward,
+        [&x],
+        || input,
+        y,
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,7 +297,7 @@ pub(super) fn dropout<B: Backend, const D: usize>(
     prob: f64,
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if !is_ad_flex::<B>() || x.dtype() != DType::F32 {
+    if !native::is::<Ad, B>() || x.dtype() != DType::F32 {
         return Err(x);
     }
     let mask = draw_mask(prob, x.shape().num_elements());
@@ -317,9 +308,14 @@ fn dropout_with<B: Backend, const D: usize>(
     mask: DropoutMask,
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    let x = ad_tensor(x)?;
+    let x = native::take::<Ad, _, _>(x)?;
     let y = map_chunks(x.primitive.clone(), |c, at| mask.apply(c, at as u64));
-    Ok(from_ad(record(DropoutBackward, [&x], || mask, y)))
+    Ok(native::give::<Ad, _, _>(record(
+        DropoutBackward,
+        [&x],
+        || mask,
+        y,
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,7 +409,7 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(
         gamma: gs,
         shape,
     };
-    Ok(from_ad(record(
+    Ok(native::give::<Ad, _, _>(record(
         LayerNormBackward,
         [&x, &gamma, &beta],
         state,
@@ -470,39 +466,37 @@ impl Backward<Flex, 3> for AttentionBackward {
 
 /// Multi-head attention with dropout on the probabilities, as one autodiff operation.
 pub(super) fn attention<B: Backend>(
-    q: &Tensor<B, 3>,
-    k: &Tensor<B, 3>,
-    v: &Tensor<B, 3>,
+    qkv: Qkv<B>,
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
     dropout_prob: f64,
-) -> Option<Tensor<B, 3>> {
-    if !is_ad_flex::<B>() || q.dtype() != DType::F32 {
-        return None;
+) -> Result<Tensor<B, 3>, Qkv<B>> {
+    if !native::is::<Ad, B>()
+        || [&qkv.q, &qkv.k, &qkv.v]
+            .iter()
+            .any(|t| t.dtype() != DType::F32)
+    {
+        return Err(qkv);
     }
-    let [batch, seq, _] = q.dims();
+    let [batch, seq, _] = qkv.q.dims();
     let dropout = (dropout_prob > 0.0).then(|| draw_mask(dropout_prob, batch * heads * seq * seq));
-    attention_with(q, k, v, padding, heads, dropout)
+    Ok(attention_with(qkv, padding, heads, dropout))
 }
 
+/// [`attention`] with its dropout mask given; `B` must be `Autodiff<Flex>` and `qkv` f32.
 fn attention_with<B: Backend>(
-    q: &Tensor<B, 3>,
-    k: &Tensor<B, 3>,
-    v: &Tensor<B, 3>,
+    qkv: Qkv<B>,
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
     dropout: Option<DropoutMask>,
-) -> Option<Tensor<B, 3>> {
-    let [batch, seq, hidden] = q.dims();
-    let (q, k, v) = (
-        ad_tensor(q.clone()).ok()?,
-        ad_tensor(k.clone()).ok()?,
-        ad_tensor(v.clone()).ok()?,
-    );
-    let qkv = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
+) -> Tensor<B, 3> {
+    let [batch, seq, hidden] = qkv.q.dims();
+    let [q, k, v] = [qkv.q, qkv.k, qkv.v]
+        .map(|t| native::take::<Ad, _, _>(t).unwrap_or_else(|_| unreachable!("checked")));
+    let values = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
     let padding = padding.map(host_mask);
     let shape = AttentionShape::new(batch, seq, hidden, heads);
-    let [qs, ks, vs] = qkv.each_ref().map(f32s);
+    let [qs, ks, vs] = values.each_ref().map(f32s);
     let (context, probs) = attention_f32(
         shape,
         [qs, ks, vs],
@@ -512,16 +506,16 @@ fn attention_with<B: Backend>(
     );
     let state = || AttentionState {
         shape,
-        qkv,
+        qkv: values,
         probs: Arc::new(probs),
         dropout,
     };
-    Some(from_ad(record(
+    native::give::<Ad, _, _>(record(
         AttentionBackward,
         [&q, &k, &v],
         state,
         f32_tensor(context, [batch, seq, hidden]),
-    )))
+    ))
 }
 
 #[cfg(test)]
@@ -720,7 +714,12 @@ mod tests {
                 reference_attention(t, padding, heads, mask.clone())
             });
             let (got_y, got) = output_and_grads(&qkv, &r, |t| {
-                attention_with(&t[0], &t[1], &t[2], padding, heads, dropout).expect("taken")
+                let qkv = Qkv {
+                    q: t[0].clone(),
+                    k: t[1].clone(),
+                    v: t[2].clone(),
+                };
+                attention_with(qkv, padding, heads, dropout)
             });
             assert_close(&got_y, &want_y, 1e-5, "output");
             for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
@@ -785,8 +784,9 @@ mod tests {
         let (outputs, masks) = recording_dropout_masks(|| {
             let first = dropout(prob, ones([3, 50, 40])).unwrap_or_else(|_| panic!("not taken"));
             let qkv = [0, 1, 2].map(|_| random([2, 9, 8]));
-            let attended = attention(&qkv[0], &qkv[1], &qkv[2], None, 2, prob);
-            assert!(attended.is_some());
+            let [q, k, v] = qkv;
+            let attended = attention(Qkv { q, k, v }, None, 2, prob);
+            assert!(attended.is_ok());
             let second = dropout(prob, ones([7, 11, 1])).unwrap_or_else(|_| panic!("not taken"));
             [values(first), values(second)]
         });
