@@ -16,7 +16,7 @@ use crate::squad::Dataset;
 use crate::tokenize::{QaTokenizer, SpecialTokens, TokenizedText};
 use crate::window::{Feature, FeatureSet, WindowConfig, WindowStats};
 
-const MAGIC: &[u8; 8] = b"QAFEAT02";
+const MAGIC: &[u8; 8] = b"QAFEAT03";
 
 /// What to do with an existing cache file (Simple Transformers' `reprocess_input_data` and
 /// `use_cached_eval_features` map onto this).
@@ -106,7 +106,8 @@ fn cache_key(dataset: &Dataset, tokenizer: &QaTokenizer, config: &WindowConfig) 
 
 fn encode(fs: &FeatureSet, key: &[u8; 32]) -> Vec<u8> {
     let mut w = Writer::new();
-    w.u32s(&[fs.special.cls, fs.special.sep, fs.special.pad]);
+    let special = fs.special;
+    w.u32s(&[special.cls, special.sep, special.pad, special.separators]);
     w.u64(fs.contexts.len() as u64);
     for c in &fs.contexts {
         w.u32s(&c.ids);
@@ -173,7 +174,12 @@ fn read(path: &Path, key: &[u8; 32], config: WindowConfig) -> Result<FeatureSet,
 fn decode(payload: &[u8], config: WindowConfig) -> Option<FeatureSet> {
     let mut r = Reader::new(payload);
     let special = match r.u32s()?.as_slice() {
-        &[cls, sep, pad] => SpecialTokens { cls, sep, pad },
+        &[cls, sep, pad, separators] => SpecialTokens {
+            cls,
+            sep,
+            pad,
+            separators,
+        },
         _ => return None,
     };
     let n = r.len()?;

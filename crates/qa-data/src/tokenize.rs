@@ -35,12 +35,28 @@ pub struct TokenizedText {
     pub offsets: Vec<(u32, u32)>,
 }
 
-/// The special tokens a BERT input is built from.
+/// The special tokens a question-context pair is built from, as the tokenizer's own pair
+/// template puts them: `cls question sep×separators context sep` (`[CLS] q [SEP] c [SEP]` for
+/// BERT, DistilBERT, ELECTRA and DeBERTa; `<s> q </s></s> c </s>` for RoBERTa and XLM-R).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecialTokens {
     pub cls: u32,
     pub sep: u32,
     pub pad: u32,
+    /// Separators between the question and the context.
+    pub separators: u32,
+}
+
+impl SpecialTokens {
+    /// Special tokens in one feature.
+    pub fn per_feature(&self) -> usize {
+        2 + self.separators as usize
+    }
+
+    /// Where the context starts after a question of `question_len` tokens.
+    pub fn context_offset(&self, question_len: usize) -> usize {
+        1 + question_len + self.separators as usize
+    }
 }
 
 pub struct QaTokenizer {
@@ -133,20 +149,10 @@ impl QaTokenizer {
             .with_truncation(None::<TruncationParams>)
             .map_err(|e| tokenizer_error(path, e))?;
         inner.with_padding(None);
-        let token = |name: &str| {
-            inner.token_to_id(name).ok_or_else(|| DataError::Tokenizer {
-                path: path.to_path_buf(),
-                message: format!("vocabulary has no {name} token; a BERT tokenizer is required"),
-            })
-        };
-        let special = SpecialTokens {
-            cls: token("[CLS]")?,
-            sep: token("[SEP]")?,
-            pad: token("[PAD]")?,
-        };
         let definition = inner
             .to_string(false)
             .map_err(|e| tokenizer_error(path, e))?;
+        let special = special_tokens(&inner, &definition).map_err(|m| tokenizer_error(path, m))?;
         let fingerprint = Sha256::digest(definition.as_bytes()).into();
         let space_local = is_space_local(&definition);
         Ok(QaTokenizer {
@@ -249,6 +255,102 @@ impl QaTokenizer {
             .save(path, false)
             .map_err(|e| tokenizer_error(path, e))
     }
+}
+
+/// The pair layout and special tokens of a tokenizer, from its post-processor (BERT's, RoBERTa's,
+/// or a template of that shape) and its vocabulary; a tokenizer without a post-processor (one
+/// built from `vocab.txt`) gets BERT's.
+fn special_tokens(
+    inner: &Tokenizer,
+    definition: &str,
+) -> std::result::Result<SpecialTokens, String> {
+    let value: serde_json::Value = serde_json::from_str(definition).map_err(|e| e.to_string())?;
+    let id = |name: &str| inner.token_to_id(name);
+    let pad = ["[PAD]", "<pad>"]
+        .into_iter()
+        .find_map(id)
+        .ok_or("the vocabulary has no padding token ([PAD] or <pad>)")?;
+    let (cls, sep, separators) = match pair_layout(&value["post_processor"])? {
+        Some(layout) => layout,
+        None => (
+            id("[CLS]").ok_or("the vocabulary has no [CLS] token")?,
+            id("[SEP]").ok_or("the vocabulary has no [SEP] token")?,
+            1,
+        ),
+    };
+    Ok(SpecialTokens {
+        cls,
+        sep,
+        pad,
+        separators,
+    })
+}
+
+/// `(cls, sep, separators between the pair)` from a serialised post-processor; `None` when there
+/// is none. Sequences of processors (byte-level offsets, then a template) are searched.
+fn pair_layout(
+    processor: &serde_json::Value,
+) -> std::result::Result<Option<(u32, u32, u32)>, String> {
+    let token_id =
+        |pair: &serde_json::Value| pair.get(1).and_then(|v| v.as_u64()).map(|v| v as u32);
+    let pair_of =
+        |p: &serde_json::Value, separators| match (token_id(&p["cls"]), token_id(&p["sep"])) {
+            (Some(cls), Some(sep)) => Ok(Some((cls, sep, separators))),
+            _ => Err(format!("post-processor without cls/sep ids: {p}")),
+        };
+    match processor.get("type").and_then(|t| t.as_str()) {
+        None => Ok(None),
+        Some("BertProcessing") => pair_of(processor, 1),
+        Some("RobertaProcessing") => pair_of(processor, 2),
+        Some("TemplateProcessing") => template_layout(processor).map(Some),
+        Some("Sequence") => {
+            let mut found = None;
+            for p in processor["processors"].as_array().into_iter().flatten() {
+                if let Some(layout) = pair_layout(p)? {
+                    found = Some(layout);
+                }
+            }
+            Ok(found)
+        }
+        Some("ByteLevel") => Ok(None),
+        Some(other) => Err(format!("unsupported post-processor {other}")),
+    }
+}
+
+/// A pair template of the form `CLS $A SEP... $B SEP`.
+fn template_layout(processor: &serde_json::Value) -> std::result::Result<(u32, u32, u32), String> {
+    let unsupported = || {
+        format!(
+            "unsupported pair template {}: expected one special token, the question, one or \
+             more separators, the context and a separator",
+            processor["pair"]
+        )
+    };
+    let items = processor["pair"].as_array().ok_or_else(unsupported)?;
+    let special_id = |item: &serde_json::Value| {
+        let name = item.get("SpecialToken")?.get("id")?.as_str()?;
+        let ids = processor["special_tokens"]
+            .get(name)?
+            .get("ids")?
+            .as_array()?;
+        (ids.len() == 1)
+            .then(|| ids[0].as_u64())
+            .flatten()
+            .map(|v| v as u32)
+    };
+    fn sequence(item: &serde_json::Value) -> Option<&str> {
+        item.get("Sequence")?.get("id")?.as_str()
+    }
+    let [first, question, middle @ .., context, last] = items.as_slice() else {
+        return Err(unsupported());
+    };
+    let cls = special_id(first).ok_or_else(unsupported)?;
+    let sep = special_id(last).ok_or_else(unsupported)?;
+    let separators_ok = !middle.is_empty() && middle.iter().all(|m| special_id(m) == Some(sep));
+    if sequence(question) != Some("A") || sequence(context) != Some("B") || !separators_ok {
+        return Err(unsupported());
+    }
+    Ok((cls, sep, middle.len() as u32))
 }
 
 /// Whether a serialised tokenizer is a plain BERT pipeline, where tokenizing space-separated

@@ -15,7 +15,8 @@ use crate::error::{DataError, Result};
 use crate::squad::{Dataset, Example};
 use crate::tokenize::{QaTokenizer, SpecialTokens, TokenizedText};
 
-/// `[CLS]`, `[SEP]` after the question and `[SEP]` after the context.
+/// `[CLS]`, `[SEP]` after the question and `[SEP]` after the context: BERT's layout, which
+/// configs are checked against before a tokenizer is known (RoBERTa's has one more).
 pub const SPECIAL_TOKENS_PER_FEATURE: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,13 +55,19 @@ impl WindowConfig {
         }
     }
 
-    /// Rejects parameters that could leave a window no room to advance.
+    /// Rejects parameters that could leave a window no room to advance, for BERT's layout.
     pub fn validate(&self) -> Result<()> {
-        let fixed = self.max_query_length + SPECIAL_TOKENS_PER_FEATURE;
+        self.validate_for(SPECIAL_TOKENS_PER_FEATURE)
+    }
+
+    /// Rejects parameters that could leave a window no room to advance, with `special` special
+    /// tokens per feature (the tokenizer's [`SpecialTokens::per_feature`]).
+    pub fn validate_for(&self, special: usize) -> Result<()> {
+        let fixed = self.max_query_length + special;
         if self.max_seq_length <= fixed {
             return Err(DataError::WindowConfig(format!(
                 "max_seq_length {} leaves no room for context after a question of up to \
-                 max_query_length {} tokens and {SPECIAL_TOKENS_PER_FEATURE} special tokens; \
+                 max_query_length {} tokens and {special} special tokens; \
                  raise max_seq_length above {fixed} or lower max_query_length",
                 self.max_seq_length, self.max_query_length
             )));
@@ -132,7 +139,8 @@ pub struct FeatureSet {
 impl FeatureSet {
     /// Tokenizes and windows a whole dataset in parallel; the order is that of the examples.
     pub fn build(dataset: &Dataset, tokenizer: &QaTokenizer, config: WindowConfig) -> Result<Self> {
-        config.validate()?;
+        let special = tokenizer.special_tokens();
+        config.validate_for(special.per_feature())?;
         // One batch for contexts and questions: they share most of their words.
         // run_qa.py strips leading whitespace from questions; the BERT normaliser would too.
         let texts: Vec<&str> = dataset
@@ -160,6 +168,7 @@ impl FeatureSet {
                     &contexts[example.context],
                     question_len,
                     &config,
+                    special,
                 )
             })
             .collect();
@@ -188,7 +197,7 @@ impl FeatureSet {
             .collect();
         Ok(FeatureSet {
             config,
-            special: tokenizer.special_tokens(),
+            special,
             contexts,
             questions,
             example_context: dataset.examples.iter().map(|e| e.context as u32).collect(),
@@ -199,7 +208,8 @@ impl FeatureSet {
 
     /// Where the window's first context token sits in the assembled sequence.
     pub fn context_offset(&self, feature: &Feature) -> usize {
-        self.questions[feature.example as usize].len() + 2
+        self.special
+            .context_offset(self.questions[feature.example as usize].len())
     }
 
     /// Length of the assembled sequence (no padding).
@@ -207,18 +217,23 @@ impl FeatureSet {
         self.context_offset(feature) + feature.context_len as usize + 1
     }
 
-    /// Appends `[CLS] question [SEP] window [SEP]` to `ids`.
+    /// Appends `[CLS] question [SEP] window [SEP]` to `ids` (RoBERTa's `<s> question </s></s>
+    /// window </s>`: the tokenizer's template).
     pub fn input_ids(&self, feature: &Feature, ids: &mut Vec<u32>) {
         let question = &self.questions[feature.example as usize];
         let context = self.context_tokens(feature);
         ids.push(self.special.cls);
         ids.extend_from_slice(question);
-        ids.push(self.special.sep);
+        ids.extend(std::iter::repeat_n(
+            self.special.sep,
+            self.special.separators as usize,
+        ));
         ids.extend_from_slice(&context.ids[self.window_range(feature)]);
         ids.push(self.special.sep);
     }
 
-    /// Token type ids: 0 for `[CLS] question [SEP]`, 1 for the rest (as BERT was pre-trained).
+    /// Token type ids: 0 for `[CLS] question [SEP]`, 1 for the rest (as BERT was pre-trained;
+    /// models with a single token type read them all as 0).
     pub fn token_type_ids(&self, feature: &Feature, types: &mut Vec<u32>) {
         let first = self.context_offset(feature);
         types.extend(std::iter::repeat_n(0, first));
@@ -260,8 +275,9 @@ fn window_example(
     context: &TokenizedText,
     question_len: usize,
     config: &WindowConfig,
+    special: SpecialTokens,
 ) -> (Vec<Feature>, ExampleStats) {
-    let budget = config.max_seq_length - question_len - SPECIAL_TOKENS_PER_FEATURE;
+    let budget = config.max_seq_length - question_len - special.per_feature();
     let total = context.ids.len();
     let step = budget - config.doc_stride; // > 0: validate() guarantees it
     let answer = example.training_answer().map(|a| {
@@ -277,7 +293,7 @@ fn window_example(
             Some((0, 0))
         } else {
             answer.map(|(s, e)| {
-                let first = question_len + 2;
+                let first = special.context_offset(question_len);
                 label_window(offsets, s, e).map_or((0, 0), |(ls, le)| {
                     ((first + ls) as u32, (first + le) as u32)
                 })

@@ -82,6 +82,10 @@ impl<B: Backend> QuestionAnswerer<B> {
     pub fn load(dir: &Path, device: B::Device) -> Result<Self, ModelError> {
         let loaded = load_model::<B>(dir, &device)?;
         let tokenizer = QaTokenizer::from_path(dir, Casing::Auto)?;
+        loaded
+            .config
+            .check_tokenizer(&tokenizer)
+            .map_err(ModelError::Input)?;
         let settings = AnsweringSettings::for_model(dir, &loaded.config)?;
         Ok(QuestionAnswerer {
             model: loaded.model,

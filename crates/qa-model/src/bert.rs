@@ -57,15 +57,27 @@ pub struct SpanLogits<B: Backend> {
 /// What padding positions get as span logits, so they never win and add nothing to a softmax.
 pub const MASKED_LOGIT: f32 = -1.0e4;
 
+/// Word, position and token-type embeddings, summed and normalised (and projected to the
+/// layers' width where the family has narrower embeddings).
 #[derive(Module, Debug)]
 pub struct Embeddings<B: Backend> {
     pub word_embeddings: Embedding<B>,
     pub position_embeddings: Embedding<B>,
-    pub token_type_embeddings: Embedding<B>,
+    /// Empty where the family has no token types (DistilBERT); a table with one row where every
+    /// token has type 0 (RoBERTa, XLM-R). Optional parts are `Vec`s of at most one: burn 0.21's
+    /// `Option::load_record` counts parameters, which draws every lazily initialised one, so a
+    /// load would consume random numbers (tests/random_draws.rs).
+    pub token_type_embeddings: Vec<Embedding<B>>,
     pub layer_norm: LayerNorm<B>,
+    /// ELECTRA's `embeddings_project` (at most one), when its embeddings are narrower than its
+    /// layers.
+    pub projection: Vec<Linear<B>>,
     dropout: Dropout,
     #[module(skip)]
     layer_norm_eps: f64,
+    /// The position id of the first token (RoBERTa counts from `padding_idx + 1`).
+    #[module(skip)]
+    position_offset: usize,
 }
 
 impl<B: Backend> Embeddings<B> {
@@ -75,16 +87,30 @@ impl<B: Backend> Embeddings<B> {
         token_type_ids: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
         let [_, seq] = input_ids.dims();
-        let positions = self
+        let start = self.position_offset;
+        // `[1, seq, width]`: the same positions for every sequence of the batch.
+        let mut positions = self
             .position_embeddings
             .weight
             .val()
-            .slice(0..seq)
+            .slice(start..start + seq)
             .unsqueeze::<3>();
-        let x = self.word_embeddings.forward(input_ids)
-            + self.token_type_embeddings.forward(token_type_ids);
+        let mut x = self.word_embeddings.forward(input_ids);
+        match self.token_type_embeddings.first() {
+            Some(types) if types.weight.dims()[0] == 1 => {
+                let [_, _, width] = positions.dims();
+                let row = types.weight.val().unsqueeze::<3>();
+                positions = positions + row.expand([1, seq, width]);
+            }
+            Some(types) => x = x + types.forward(token_type_ids),
+            None => {}
+        }
         let x = kernels::add_layer_norm(&self.layer_norm, x, positions, self.layer_norm_eps);
-        kernels::dropout(&self.dropout, x)
+        let x = kernels::dropout(&self.dropout, x);
+        match self.projection.first() {
+            Some(projection) => kernels::linear(projection, x),
+            None => x,
+        }
     }
 }
 
@@ -168,10 +194,12 @@ impl<B: Backend> BertModel<B> {
     }
 }
 
-/// BERT with a `Linear(hidden, 2)` span head, as `BertForQuestionAnswering`.
+/// The encoder with a `Linear(hidden, 2)` span head, as transformers' `XForQuestionAnswering`.
 #[derive(Module, Debug)]
 pub struct BertForQuestionAnswering<B: Backend> {
     pub bert: BertModel<B>,
+    /// DistilBERT's `qa_dropout` on the last hidden states; other families have none.
+    head_dropout: Dropout,
     pub qa_outputs: Linear<B>,
 }
 
@@ -193,6 +221,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
             std: config.initializer_range,
         };
         let h = config.hidden_size;
+        let width = config.embedding_width();
         let linear = |d_in: usize, d_out: usize| {
             // A zero bias built lazily: drawing burn's default bias and zeroing it would use up
             // random numbers, so loading a checkpoint would shift every later draw.
@@ -203,13 +232,13 @@ impl<B: Backend> BertForQuestionAnswering<B> {
             l.bias = Some(Initializer::Zeros.init([d_out], device));
             l
         };
-        let layer_norm = || {
-            LayerNormConfig::new(h)
+        let layer_norm = |width: usize| {
+            LayerNormConfig::new(width)
                 .with_epsilon(config.layer_norm_eps)
                 .init(device)
         };
         let embedding = |n: usize| {
-            EmbeddingConfig::new(n, h)
+            EmbeddingConfig::new(n, width)
                 .with_initializer(normal.clone())
                 .init(device)
         };
@@ -221,7 +250,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                     key: linear(h, h),
                     value: linear(h, h),
                     output: linear(h, h),
-                    layer_norm: layer_norm(),
+                    layer_norm: layer_norm(h),
                     attention_dropout: DropoutConfig::new(config.attention_probs_dropout_prob)
                         .init(),
                     dropout: hidden_dropout.clone(),
@@ -231,7 +260,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                 feed_forward: FeedForward {
                     intermediate: linear(h, config.intermediate_size),
                     output: linear(config.intermediate_size, h),
-                    layer_norm: layer_norm(),
+                    layer_norm: layer_norm(h),
                     dropout: hidden_dropout.clone(),
                     activation: config.hidden_act,
                     layer_norm_eps: config.layer_norm_eps,
@@ -243,20 +272,26 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                 embeddings: Embeddings {
                     word_embeddings: embedding(config.vocab_size),
                     position_embeddings: embedding(config.max_position_embeddings),
-                    token_type_embeddings: embedding(config.type_vocab_size),
-                    layer_norm: layer_norm(),
+                    token_type_embeddings: (config.type_vocab_size > 0)
+                        .then(|| embedding(config.type_vocab_size))
+                        .into_iter()
+                        .collect(),
+                    layer_norm: layer_norm(width),
+                    projection: (width != h).then(|| linear(width, h)).into_iter().collect(),
                     dropout: hidden_dropout.clone(),
                     layer_norm_eps: config.layer_norm_eps,
+                    position_offset: config.position_offset(),
                 },
                 layers,
             },
+            head_dropout: DropoutConfig::new(config.head_dropout()).init(),
             qa_outputs: linear(h, 2),
         }
     }
 
     /// Start and end logits with padding positions masked.
     pub fn forward(&self, input: &BertInput<B>) -> SpanLogits<B> {
-        let hidden = self.bert.forward(input);
+        let hidden = kernels::dropout(&self.head_dropout, self.bert.forward(input));
         let [batch, seq, _] = hidden.dims();
         let logits = kernels::linear(&self.qa_outputs, hidden);
         let pick = |i: usize| {

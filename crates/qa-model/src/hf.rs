@@ -1,9 +1,11 @@
 //! Hugging Face checkpoints in and out.
 //!
-//! Loading reads `config.json` and `model.safetensors` (or `pytorch_model.bin`), with or without
-//! the `bert.` prefix, with or without a `qa_outputs` head, in f32, f16 or bf16, and reports what
-//! it did not use. Saving writes a directory transformers loads as `BertForQuestionAnswering`:
-//! `config.json`, `model.safetensors` with HF tensor names, the tokenizer, and burn's own record.
+//! Loading reads `config.json` and `model.safetensors` (or `pytorch_model.bin`) of any supported
+//! family, with or without the family's prefix (`bert.`, `roberta.`, ...), with or without a
+//! `qa_outputs` head, in f32, f16 or bf16, and reports what it did not use. Saving writes a
+//! directory transformers loads as the family's `...ForQuestionAnswering`: `config.json` in the
+//! family's keys, `model.safetensors` with the family's tensor names, the tokenizer, and burn's
+//! own record.
 //!
 //! Both walk one table, [`crate::params`], from each parameter to its HF name.
 
@@ -19,7 +21,7 @@ use serde::Serialize;
 use crate::bert::{BertForQuestionAnswering, materialize};
 use crate::config::BertConfig;
 use crate::error::{ModelError, write_atomic};
-use crate::params::{ENCODER_PREFIX, HEAD_PREFIX, Slot, visit_parameters};
+use crate::params::{HEAD_PREFIX, Slot, visit_parameters};
 use crate::record::{BURN_RECORD_FILE, load_record, save_record};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -86,7 +88,7 @@ pub fn load_pretrained<B: Backend>(
     let config = BertConfig::load(&dir.join(CONFIG_FILE))?;
     let (weights_file, tensors) = read_checkpoint(dir)?;
     let model = BertForQuestionAnswering::init_lazy(&config, device);
-    let (model, report) = apply_tensors(model, &weights_file, tensors, device)?;
+    let (model, report) = apply_tensors(model, &config, &weights_file, tensors, device)?;
     materialize(&model);
     Ok(LoadedModel {
         model,
@@ -184,16 +186,23 @@ fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>, ModelError> 
 /// Puts checkpoint tensors into `model`, checking every shape.
 fn apply_tensors<B: Backend>(
     mut model: BertForQuestionAnswering<B>,
+    config: &BertConfig,
     file: &Path,
     mut tensors: HashMap<String, HostTensor>,
     device: &B::Device,
 ) -> Result<(BertForQuestionAnswering<B>, LoadReport), ModelError> {
-    let prefixed = tensors.keys().any(|k| k.starts_with(ENCODER_PREFIX));
+    let prefix = format!("{}.", config.family.prefix());
+    let prefixed = tensors.keys().any(|k| k.starts_with(&prefix));
+    // Names as the file spells them: without the prefix when it has none.
+    let in_file = |name: &str| match name.strip_prefix(&prefix) {
+        Some(bare) if !prefixed => bare.to_string(),
+        _ => name.to_string(),
+    };
     let mut missing = Vec::new();
     let mut dtypes = std::collections::BTreeSet::new();
     let mut loaded = 0;
-    visit_parameters(&mut model, &mut |name, slot| {
-        let Some((key, tensor)) = take_tensor(&mut tensors, name, prefixed) else {
+    visit_parameters(&mut model, config.family, &mut |name, slot| {
+        let Some((key, tensor)) = take_tensor(&mut tensors, &in_file(name)) else {
             missing.push(name.to_string());
             return Ok(());
         };
@@ -237,13 +246,7 @@ fn apply_tensors<B: Backend>(
     let encoder_missing: Vec<String> = missing
         .iter()
         .filter(|n| !n.starts_with(HEAD_PREFIX))
-        .map(|n| {
-            if prefixed {
-                n.clone()
-            } else {
-                n[ENCODER_PREFIX.len()..].to_string()
-            }
-        })
+        .map(|n| in_file(n))
         .collect();
     if !encoder_missing.is_empty() {
         return Err(ModelError::MissingTensors {
@@ -266,18 +269,12 @@ fn apply_tensors<B: Backend>(
     ))
 }
 
-/// Finds `name` in the checkpoint: without the `bert.` prefix when the file has none, and under
-/// the old TensorFlow-era LayerNorm names `gamma`/`beta`.
+/// Takes `base` out of the checkpoint, also under the old TensorFlow-era LayerNorm names
+/// `gamma`/`beta`.
 fn take_tensor(
     tensors: &mut HashMap<String, HostTensor>,
-    name: &str,
-    prefixed: bool,
+    base: &str,
 ) -> Option<(String, HostTensor)> {
-    let base = if !prefixed && name.starts_with(ENCODER_PREFIX) {
-        &name[ENCODER_PREFIX.len()..]
-    } else {
-        name
-    };
     let mut candidates = vec![base.to_string()];
     if base.contains("LayerNorm.") {
         candidates.push(
@@ -312,7 +309,7 @@ pub fn save_pretrained<B: Backend>(
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut copy = model.clone();
-    visit_parameters(&mut copy, &mut |name, slot| {
+    visit_parameters(&mut copy, config.family, &mut |name, slot| {
         let (shape, values) = match slot {
             Slot::Vector(p) => host(p.val()),
             Slot::Table(p) => host(p.val()),
@@ -367,28 +364,38 @@ fn tokenizer_files(tokenizer: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
     }
 }
 
-/// Loads whatever `dir` holds: burn's record when present, else the Hugging Face weights.
+/// Loads whatever `dir` holds: burn's record when present and readable (one written by another
+/// version of this crate may not be), else the Hugging Face weights.
 pub fn load_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<LoadedModel<B>, ModelError> {
     if dir.join(BURN_RECORD_FILE).is_file() {
-        let (model, config) = load_record(dir, device)?;
-        let report = LoadReport {
-            weights_file: dir.join(BURN_RECORD_FILE),
-            dtypes: vec!["F32".into()],
-            prefixed: true,
-            loaded: 0,
-            head_initialized: false,
-            unused: Vec::new(),
-        };
-        return Ok(LoadedModel {
-            model,
-            config,
-            report,
-        });
+        match load_record(dir, device) {
+            Ok((model, config)) => {
+                let report = LoadReport {
+                    weights_file: dir.join(BURN_RECORD_FILE),
+                    dtypes: vec!["F32".into()],
+                    prefixed: true,
+                    loaded: 0,
+                    head_initialized: false,
+                    unused: Vec::new(),
+                };
+                return Ok(LoadedModel {
+                    model,
+                    config,
+                    report,
+                });
+            }
+            Err(ModelError::Record { .. }) if read_checkpoint_exists(dir) => {}
+            Err(e) => return Err(e),
+        }
     }
     load_pretrained(dir, device)
+}
+
+fn read_checkpoint_exists(dir: &Path) -> bool {
+    dir.join(SAFETENSORS_FILE).is_file() || dir.join(PYTORCH_FILE).is_file()
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {

@@ -1,6 +1,7 @@
-//! The table from each parameter of [`BertForQuestionAnswering`] to its Hugging Face tensor name.
-//! Loading and saving checkpoints walk it ([`crate::hf`]), and training lists parameters by it
-//! (weight decay and gradient clipping need names and ids).
+//! The table from each parameter of [`BertForQuestionAnswering`] to its Hugging Face tensor name,
+//! in the layout of the model's [`Family`]. Loading and saving checkpoints walk it
+//! ([`crate::hf`]), and training lists parameters by it (weight decay and gradient clipping need
+//! names and ids).
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
@@ -8,13 +9,49 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use crate::bert::BertForQuestionAnswering;
+use crate::config::Family;
 use crate::error::ModelError;
 
 /// Names of the span head's tensors start with this.
 pub(crate) const HEAD_PREFIX: &str = "qa_outputs.";
-/// Names of the encoder's tensors start with this in a `BertForQuestionAnswering` checkpoint (a
-/// bare `BertModel` checkpoint has no prefix).
-pub(crate) const ENCODER_PREFIX: &str = "bert.";
+
+/// Where a family keeps each part of a layer, below its prefix.
+struct Layout {
+    layer: &'static str,
+    query: &'static str,
+    key: &'static str,
+    value: &'static str,
+    attention_output: &'static str,
+    attention_norm: &'static str,
+    intermediate: &'static str,
+    output: &'static str,
+    output_norm: &'static str,
+}
+
+/// BERT's names, which RoBERTa, XLM-R and ELECTRA share.
+const BERT_LAYOUT: Layout = Layout {
+    layer: "encoder.layer",
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
+const DISTILBERT_LAYOUT: Layout = Layout {
+    layer: "transformer.layer",
+    query: "attention.q_lin",
+    key: "attention.k_lin",
+    value: "attention.v_lin",
+    attention_output: "attention.out_lin",
+    attention_norm: "sa_layer_norm",
+    intermediate: "ffn.lin1",
+    output: "ffn.lin2",
+    output_norm: "output_layer_norm",
+};
 
 /// A parameter and how its HF tensor relates to it.
 pub(crate) enum Slot<'a, B: Backend> {
@@ -29,41 +66,54 @@ pub(crate) enum Slot<'a, B: Backend> {
 /// What [`visit_parameters`] calls for each parameter.
 pub(crate) type ParamVisitor<'f, B> = dyn FnMut(&str, Slot<'_, B>) -> Result<(), ModelError> + 'f;
 
-/// Calls `f` with the HF name (with `bert.` prefix) of every parameter, in checkpoint order.
+/// Calls `f` with the HF name (with the family's prefix, e.g. `bert.`) of every parameter, in
+/// checkpoint order.
 pub(crate) fn visit_parameters<B: Backend>(
     model: &mut BertForQuestionAnswering<B>,
+    family: Family,
     f: &mut ParamVisitor<'_, B>,
 ) -> Result<(), ModelError> {
+    let prefix = family.prefix();
+    let layout = match family {
+        Family::DistilBert => &DISTILBERT_LAYOUT,
+        _ => &BERT_LAYOUT,
+    };
     let e = &mut model.bert.embeddings;
+    let table = |name: &str| format!("{prefix}.embeddings.{name}.weight");
     f(
-        "bert.embeddings.word_embeddings.weight",
+        &table("word_embeddings"),
         Slot::Table(&mut e.word_embeddings.weight),
     )?;
     f(
-        "bert.embeddings.position_embeddings.weight",
+        &table("position_embeddings"),
         Slot::Table(&mut e.position_embeddings.weight),
     )?;
-    f(
-        "bert.embeddings.token_type_embeddings.weight",
-        Slot::Table(&mut e.token_type_embeddings.weight),
-    )?;
-    layer_norm("bert.embeddings.LayerNorm", &mut e.layer_norm, f)?;
-    for (i, layer) in model.bert.layers.iter_mut().enumerate() {
-        let p = format!("bert.encoder.layer.{i}");
-        let a = &mut layer.attention;
-        linear(&format!("{p}.attention.self.query"), &mut a.query, f)?;
-        linear(&format!("{p}.attention.self.key"), &mut a.key, f)?;
-        linear(&format!("{p}.attention.self.value"), &mut a.value, f)?;
-        linear(&format!("{p}.attention.output.dense"), &mut a.output, f)?;
-        layer_norm(
-            &format!("{p}.attention.output.LayerNorm"),
-            &mut a.layer_norm,
-            f,
+    if let Some(types) = e.token_type_embeddings.first_mut() {
+        f(
+            &table("token_type_embeddings"),
+            Slot::Table(&mut types.weight),
         )?;
+    }
+    layer_norm(
+        &format!("{prefix}.embeddings.LayerNorm"),
+        &mut e.layer_norm,
+        f,
+    )?;
+    if let Some(projection) = e.projection.first_mut() {
+        linear(&format!("{prefix}.embeddings_project"), projection, f)?;
+    }
+    for (i, layer) in model.bert.layers.iter_mut().enumerate() {
+        let name = |part: &str| format!("{prefix}.{}.{i}.{part}", layout.layer);
+        let a = &mut layer.attention;
+        linear(&name(layout.query), &mut a.query, f)?;
+        linear(&name(layout.key), &mut a.key, f)?;
+        linear(&name(layout.value), &mut a.value, f)?;
+        linear(&name(layout.attention_output), &mut a.output, f)?;
+        layer_norm(&name(layout.attention_norm), &mut a.layer_norm, f)?;
         let ff = &mut layer.feed_forward;
-        linear(&format!("{p}.intermediate.dense"), &mut ff.intermediate, f)?;
-        linear(&format!("{p}.output.dense"), &mut ff.output, f)?;
-        layer_norm(&format!("{p}.output.LayerNorm"), &mut ff.layer_norm, f)?;
+        linear(&name(layout.intermediate), &mut ff.intermediate, f)?;
+        linear(&name(layout.output), &mut ff.output, f)?;
+        layer_norm(&name(layout.output_norm), &mut ff.layer_norm, f)?;
     }
     linear("qa_outputs", &mut model.qa_outputs, f)
 }
@@ -100,11 +150,12 @@ pub struct ParamInfo {
     pub rank: usize,
 }
 
-/// Every parameter of `model`, in checkpoint order.
+/// Every parameter of `model`, in checkpoint order, named as in a BERT checkpoint (training's
+/// rules go by these names, whatever the family).
 pub fn parameters<B: Backend>(model: &BertForQuestionAnswering<B>) -> Vec<ParamInfo> {
     let mut out = Vec::new();
     let mut copy = model.clone();
-    visit_parameters(&mut copy, &mut |name, slot| {
+    visit_parameters(&mut copy, Family::Bert, &mut |name, slot| {
         let (id, rank) = match slot {
             Slot::Vector(p) => (p.id, 1),
             Slot::Table(p) | Slot::LinearWeight(p) => (p.id, 2),

@@ -111,7 +111,8 @@ pub(crate) fn prepare<B: AutodiffBackend>(
     say(loaded.report.to_string());
     loaded
         .config
-        .check_window(&config.window())
+        .check_tokenizer(&tokenizer)
+        .and_then(|()| loaded.config.check_window(&config.window()))
         .map_err(anyhow::Error::msg)?;
     let plan = Plan::new(config, labelled.len());
     say(format!(

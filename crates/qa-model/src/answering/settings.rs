@@ -26,7 +26,7 @@ impl AnsweringSettings {
     /// positions and run_qa.py's decoding.
     pub fn defaults_for(config: &BertConfig) -> Self {
         AnsweringSettings {
-            window: WindowConfig::fitting(config.max_position_embeddings),
+            window: WindowConfig::fitting(config.max_sequence_length()),
             decode: DecodeConfig::default(),
         }
     }
