@@ -4,8 +4,11 @@ then scores exactly as it scores ours (same windowing, decoding and official met
 
 The recipe is run_qa.py's: fast-tokenizer windows (only_second truncation, stride, offsets),
 a window without the whole answer labelled [CLS]; AdamW (torch) without weight decay on biases
-and LayerNorm; linear warmup then linear decay (transformers' get_linear_schedule_with_warmup);
-global-norm clipping; shuffled batches padded to their longest feature; dropout on; 2 threads.
+and LayerNorm parameters (found by module type, so DistilBERT's sa_layer_norm counts too, as in
+`qa train`; run_qa's name rule "LayerNorm.weight" misses it); linear warmup then linear decay
+(transformers' get_linear_schedule_with_warmup); global-norm clipping; shuffled batches padded to
+their longest feature; dropout on; 2 threads. Any family AutoModelForQuestionAnswering loads
+works (BERT, DistilBERT, RoBERTa, XLM-R, ELECTRA); the model is trained in float32.
 
 usage: torch_finetune.py MODEL_DIR TRAIN_JSON OUT_DIR [--max-seq-length N] [--doc-stride N]
        [--epochs N] [--batch-size N] [--lr X] [--warmup-ratio X] [--weight-decay X]
@@ -36,8 +39,9 @@ import time
 
 import torch
 from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoTokenizer,
-    BertForQuestionAnswering,
     get_linear_schedule_with_warmup,
 )
 
@@ -92,14 +96,10 @@ def windows(tokenizer, examples, max_len, stride):
             while end >= first and offsets[end][1] >= end_char:
                 end -= 1
             end += 1
-        features.append(
-            {
-                "input_ids": enc["input_ids"][i],
-                "token_type_ids": enc["token_type_ids"][i],
-                "start": start,
-                "end": end,
-            }
-        )
+        feature = {"input_ids": enc["input_ids"][i], "start": start, "end": end}
+        if "token_type_ids" in enc:
+            feature["token_type_ids"] = enc["token_type_ids"][i]
+        features.append(feature)
     return features
 
 
@@ -112,17 +112,19 @@ def collate(batch, pad_id):
     mask = torch.tensor(
         [[1] * len(f["input_ids"]) + [0] * (longest - len(f["input_ids"])) for f in batch]
     )
-    return {
+    out = {
         "input_ids": pad("input_ids", pad_id),
-        "token_type_ids": pad("token_type_ids", 0),
         "attention_mask": mask,
         "start_positions": torch.tensor([f["start"] for f in batch]),
         "end_positions": torch.tensor([f["end"] for f in batch]),
     }
+    if "token_type_ids" in batch[0]:
+        out["token_type_ids"] = pad("token_type_ids", 0)
+    return out
 
 
 def span_loss(model, batch):
-    """BertForQuestionAnswering's loss with the logits of padding positions masked."""
+    """The question-answering models' loss with the logits of padding positions masked."""
     labels = {k: batch[k] for k in ("start_positions", "end_positions")}
     out = model(**{k: v for k, v in batch.items() if k not in labels})
     padding = batch["attention_mask"] == 0
@@ -206,25 +208,35 @@ def main():
     features = windows(
         tokenizer, list(squad_examples(args.train)), args.max_seq_length, args.doc_stride
     )
-    overrides = {}
+    overrides = {"dtype": torch.float32}
     if args.dropout is not None:
-        overrides = {"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}
+        if AutoConfig.from_pretrained(args.model).model_type == "distilbert":
+            keys = ("dropout", "attention_dropout", "qa_dropout")
+        else:
+            keys = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+        overrides.update({k: args.dropout for k in keys})
     if args.dropout_masks:
         # Eager attention, so that the attention probabilities' dropout is a dropout call too.
         overrides["attn_implementation"] = "eager"
         replayed = replay_dropout(args.dropout_masks)
-    model = BertForQuestionAnswering.from_pretrained(args.model, **overrides)
+    model = AutoModelForQuestionAnswering.from_pretrained(args.model, **overrides)
     if args.save_init:
         save(model, args.model, args.save_init)
     model.train()
-    no_decay = ("bias", "LayerNorm.weight")
+    norms = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.LayerNorm)
+        for p in m.parameters()
+    }
+    no_decay = lambda n, p: n.endswith("bias") or id(p) in norms  # noqa: E731
     groups = [
         {
-            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "params": [p for n, p in model.named_parameters() if not no_decay(n, p)],
             "weight_decay": args.weight_decay,
         },
         {
-            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "params": [p for n, p in model.named_parameters() if no_decay(n, p)],
             "weight_decay": 0.0,
         },
     ]

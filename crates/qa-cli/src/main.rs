@@ -2,6 +2,16 @@
 //!
 //! Every command prints its result (or `--json` for machines) and exits 0; bad input prints a
 //! message naming the file and the problem and exits 1.
+//!
+//! | command | module | built on |
+//! |---|---|---|
+//! | the command line itself | `cli` | clap |
+//! | `qa data check` | `data` | `qa_data` |
+//! | `qa train` | `train` | `qa_train::train` |
+//! | `qa evaluate` | `evaluate` | `qa_data::metrics`, `qa_model::QuestionAnswerer` |
+//! | `qa predict` | `predict` | `qa_model::QuestionAnswerer` |
+//! | `qa chat` | `chat` | `qa_model::QuestionAnswerer` |
+//! | `qa serve` | `serve` (and `page.html`) | `qa_model::QuestionAnswerer`, axum |
 
 mod chat;
 mod cli;

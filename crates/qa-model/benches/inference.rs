@@ -3,6 +3,10 @@
 //! same model and machine: bs1/128 21.6 ms, bs1/384 55.7 ms, bs8/384 384.5 ms.
 //!
 //! QA_SHARED_DIR=../shared cargo bench -p qa-model
+//!
+//! With `QA_BENCH_MODELS=name=DIR,...` the same shapes also run on those model directories, on the
+//! CPU backend only (base-size DistilBERT and RoBERTa with random weights:
+//! `tests/parity/random_family_model.py`; PyTorch's figures: `tests/parity/torch_latency.py DIR`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,10 +30,10 @@ fn input<B: Backend>(batch: usize, seq: usize, device: &B::Device) -> BertInput<
     BertInput::from_host(ids, types, vec![false; batch * seq], [batch, seq], device)
 }
 
-fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, model_dir: &Path) {
+fn bench_backend<B: Backend>(c: &mut Criterion, group: &str, model_dir: &Path) {
     let device = B::Device::default();
     let model = load_pretrained::<B>(model_dir, &device).unwrap().model;
-    let mut group = c.benchmark_group(format!("minilm-qa-forward/{name}"));
+    let mut group = c.benchmark_group(group);
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(10));
@@ -52,8 +56,15 @@ fn inference(c: &mut Criterion) {
         return;
     };
     let model_dir = shared.join("models/all-MiniLM-L6-v2");
-    bench_backend::<Flex>(c, "flex", &model_dir);
-    bench_backend::<NdArray>(c, "ndarray", &model_dir);
+    bench_backend::<Flex>(c, "minilm-qa-forward/flex", &model_dir);
+    bench_backend::<NdArray>(c, "minilm-qa-forward/ndarray", &model_dir);
+    let others = std::env::var("QA_BENCH_MODELS").unwrap_or_default();
+    for entry in others.split(',').filter(|e| !e.is_empty()) {
+        let (name, dir) = entry
+            .split_once('=')
+            .expect("QA_BENCH_MODELS entries are name=DIR");
+        bench_backend::<Flex>(c, &format!("{name}-qa-forward/flex"), Path::new(dir));
+    }
 }
 
 criterion_group!(benches, inference);

@@ -216,7 +216,8 @@ mod tests {
                 let auto = choose(DeviceChoice::Auto).unwrap();
                 assert_eq!(auto.device, Device::Cpu);
                 assert!(auto.reason.contains(&why));
-                assert!(choose(DeviceChoice::Cuda).is_err());
+                let err = choose(DeviceChoice::Cuda).unwrap_err();
+                assert!(err.contains("no CUDA GPU is usable"), "{err}");
             }
         }
     }
