@@ -1,4 +1,4 @@
-"""Tiny random question-answering models of five Hugging Face families, with the answers
+"""Tiny random question-answering models of six Hugging Face families, with the answers
 transformers gives for them, as fixtures for the Rust tests (which then need neither torch nor
 transformers).
 
@@ -17,7 +17,11 @@ It writes, under OUT_DIR:
                               datasets/squad-sample/dev.json on 5 paragraphs (see SELECTION and
                               EXTRA_IDS), with "2½", "Beyoncé", "–" and "°" in the contexts, and
                               answers in a second or later window (checked in every family)
-    <family>/config.json      for each family in bert, distilbert, roberta, xlm-roberta, electra
+    <family>/config.json      for each family in bert, distilbert, roberta, xlm-roberta, electra,
+                              deberta-v2 (DeBERTa-v3's settings: no absolute positions, no token
+                              types, relative attention c2p+p2c with shared keys, 64 log buckets
+                              so that distances past 32 in the 96-token windows share buckets,
+                              weights drawn at initializer_range 0.2, see DEBERTA_INIT_RANGE)
                               (with "dtype": "float16", as transformers writes it for the weights):
     <family>/model.safetensors  a <Family>ForQuestionAnswering with random weights stored as float16
                               (hidden 32, 2 layers, 4 heads, intermediate 48; ELECTRA embeds in 16
@@ -26,7 +30,8 @@ It writes, under OUT_DIR:
                               (qa_outputs.weight) scaled by 10 so that logits spread over a few units
                               and no two answers nearly tie
     <family>/tokenizer.json   the family's tokenizer pipeline (WordPiece, byte-level BPE or
-                              SentencePiece Unigram) trained with `tokenizers` on the text of
+                              SentencePiece Unigram, for XLM-R and DeBERTa-v3 with their own
+                              special tokens and templates) trained with `tokenizers` on the text of
                               datasets/squad-sample/train.json, 600 tokens (bert and electra share
                               one; the trainers' run-to-run variations are removed, see
                               wordpiece_tokenizer and unigram_tokenizer)
@@ -86,6 +91,8 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForQuestionAnswering,
+    DebertaV2Config,
+    DebertaV2ForQuestionAnswering,
     DistilBertConfig,
     DistilBertForQuestionAnswering,
     ElectraConfig,
@@ -111,9 +118,14 @@ NBEST_KEPT = 5
 VOCAB_SIZE = 600
 BATCH_SIZE = 32
 QA_OUTPUT_SCALE = 10.0
+# Without absolute positions, a random DeBERTa at initializer_range 0.02 gives each token nearly
+# the same logits wherever it stands (attention adds little to the normalised embeddings), so
+# different spans ending in the same piece tie to 1e-5. Weights ten times larger let context
+# matter (and spread the logits without scaling the output layer).
+DEBERTA_INIT_RANGE = 0.2
 
-FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "electra"]
-SEEDS = {"bert": 1001, "distilbert": 1002, "roberta": 1003, "xlm-roberta": 1004, "electra": 1005}
+FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2"]
+SEEDS = {"bert": 1001, "distilbert": 1002, "roberta": 1003, "xlm-roberta": 1004, "electra": 1005, "deberta-v2": 1006}
 
 # The questions: for each (article title, paragraph index in dev.json), `n` questions (the
 # shortest, see select_examples); EXTRA_IDS adds questions wherever they are.
@@ -257,8 +269,12 @@ def byte_level_bpe_tokenizer(texts):
     return tok, dict(ROBERTA_SPECIAL_KWARGS)
 
 
-def unigram_tokenizer(texts):
-    """XLM-R's pipeline (NFKC standing in for its precompiled normalizer) with a UnigramTrainer vocabulary.
+DEBERTA_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+
+
+def unigram_tokenizer(texts, specials=ROBERTA_SPECIALS):
+    """XLM-R's pipeline (NFKC standing in for its precompiled normalizer) with a UnigramTrainer vocabulary,
+    or DeBERTa-v3's (the same pipeline with specials=DEBERTA_SPECIALS and BERT's pair template).
 
     UnigramTrainer's result varies a little from run to run, and is made canonical here: the
     characters it adds at the end (required but pruned away) get the scores min_score,
@@ -273,14 +289,14 @@ def unigram_tokenizer(texts):
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     trainer = trainers.UnigramTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=ROBERTA_SPECIALS,
-        unk_token="<unk>",
+        special_tokens=specials,
+        unk_token=specials[3],
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
 
     trained = json.loads(tok.to_str())["model"]
-    assert [p for p, _ in trained["vocab"][:5]] == ROBERTA_SPECIALS and trained["unk_id"] == 3
+    assert [p for p, _ in trained["vocab"][:5]] == specials and trained["unk_id"] == 3
     pieces = [(p, score) for p, score in trained["vocab"][5:]]
     lowest = min(score for _, score in pieces)
 
@@ -293,8 +309,18 @@ def unigram_tokenizer(texts):
     rescored = dict(zip(added, added_scores))
     pieces = [(p, rescored.get(p, round(score, 9))) for p, score in pieces]
     pieces.sort(key=lambda ps: (-ps[1], [ord(c) for c in ps[0]]))
-    vocab = [(p, 0.0) for p in ROBERTA_SPECIALS] + pieces
+    vocab = [(p, 0.0) for p in specials] + pieces
     tok.model = models.Unigram(vocab, unk_id=3, byte_fallback=False)
+    if specials == DEBERTA_SPECIALS:
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0",
+            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+        )
+        special = dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]", sep_token="[SEP]",
+                       pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+        return tok, special
 
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
@@ -318,6 +344,9 @@ def build_tokenizer(family, texts):
     elif family == "xlm-roberta":
         tok, special = unigram_tokenizer(texts)
         names = ["input_ids", "attention_mask"]
+    elif family == "deberta-v2":
+        tok, special = unigram_tokenizer(texts, DEBERTA_SPECIALS)
+        names = ["input_ids", "token_type_ids", "attention_mask"]
     else:
         raise ValueError(family)
     if family in ("roberta", "xlm-roberta"):
@@ -390,6 +419,15 @@ def build_model(family, tok, seed):
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **common,
         )
         cls = RobertaForQuestionAnswering if family == "roberta" else XLMRobertaForQuestionAnswering
+    elif family == "deberta-v2":
+        config = DebertaV2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+            max_position_embeddings=128, type_vocab_size=0, position_biased_input=False,
+            relative_attention=True, position_buckets=64, max_relative_positions=-1,
+            pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+            layer_norm_eps=1e-7, hidden_act="gelu", initializer_range=DEBERTA_INIT_RANGE, **common,
+        )
+        cls = DebertaV2ForQuestionAnswering
     else:
         raise ValueError(family)
     torch.manual_seed(seed)
@@ -402,7 +440,8 @@ def build_model(family, tok, seed):
         # random model then differ by 1e-7 here and there: a float rounding would reorder them.
         # A larger output layer spreads them over a few units (and keeps them below 10, so that
         # 5 decimals keep 6 significant digits).
-        model.qa_outputs.weight.mul_(QA_OUTPUT_SCALE)
+        if family != "deberta-v2":
+            model.qa_outputs.weight.mul_(QA_OUTPUT_SCALE)
         round_to_float16(model)
     model.eval()
     return model

@@ -36,3 +36,18 @@ fn required(name: &str, what: &str) -> PathBuf {
         None => panic!("{name} is not set: this test needs {what}"),
     }
 }
+
+/// The model families with a fixture in tests/fixtures/families (tests/parity/family_fixtures.py).
+pub const FAMILIES: [&str; 6] = [
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "deberta-v2",
+];
+
+/// The fixture folder of each family.
+pub fn family_fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures/families")
+}

@@ -148,57 +148,236 @@ pub fn fetch_all(
     source: &Source,
     say: &dyn Fn(String),
 ) -> anyhow::Result<()> {
-    let lock_path = cache.join("checksums.lock");
-    let mut lock: BTreeMap<String, String> = match std::fs::read_to_string(&lock_path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", lock_path.display()))?,
-        Err(_) => BTreeMap::new(),
-    };
+    let mut lock = Lock::read(cache)?;
     for asset in assets {
-        let dest = cache.join(&asset.key);
-        let expected = asset
-            .sha256
-            .map(str::to_string)
-            .or_else(|| lock.get(&asset.key).cloned());
-        if dest.is_file() {
-            let have = sha256_file(&dest)?;
-            match &expected {
-                Some(want) if *want == have => {
-                    say(format!("{}: present, checksum ok", asset.key));
-                    continue;
-                }
-                None => {
-                    say(format!(
-                        "{}: present (no checksum pinned; recording {have})",
-                        asset.key
-                    ));
-                    lock.insert(asset.key.clone(), have);
-                    continue;
-                }
-                Some(_) => say(format!(
-                    "{}: present but its checksum differs; fetching again",
-                    asset.key
-                )),
-            }
+        fetch_checked(asset, cache, source, &mut lock, say)?;
+    }
+    Ok(())
+}
+
+/// `checksums.lock`: the SHA-256 recorded for each unpinned file on its first download.
+struct Lock {
+    path: PathBuf,
+    hashes: BTreeMap<String, String>,
+}
+
+impl Lock {
+    fn read(cache: &Path) -> anyhow::Result<Lock> {
+        let path = cache.join("checksums.lock");
+        let hashes = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?,
+            Err(_) => BTreeMap::new(),
+        };
+        Ok(Lock { path, hashes })
+    }
+
+    /// Records a hash and writes the file at once, so an interrupted run keeps what it checked.
+    fn record(&mut self, key: &str, hash: String) -> anyhow::Result<()> {
+        self.hashes.insert(key.to_string(), hash);
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
         }
-        let announced = fetch(asset, &dest, source, expected.as_deref(), say)?;
+        write_atomic(
+            &self.path,
+            serde_json::to_string_pretty(&self.hashes)?.as_bytes(),
+        )
+    }
+}
+
+/// One asset into the cache: kept when present with the expected hash, fetched otherwise, and
+/// held to its pinned, recorded or announced SHA-256.
+fn fetch_checked(
+    asset: &Asset,
+    cache: &Path,
+    source: &Source,
+    lock: &mut Lock,
+    say: &dyn Fn(String),
+) -> anyhow::Result<()> {
+    let dest = cache.join(&asset.key);
+    let expected = asset
+        .sha256
+        .map(str::to_string)
+        .or_else(|| lock.hashes.get(&asset.key).cloned());
+    if dest.is_file() {
         let have = sha256_file(&dest)?;
-        if expected.is_none() {
-            if let Some(announced) = announced
-                && announced != have
-            {
-                let _ = std::fs::remove_file(&dest);
-                bail!(
-                    "{}: SHA-256 {have} differs from the {announced} the server announced",
-                    asset.key
-                );
+        match &expected {
+            Some(want) if *want == have => {
+                say(format!("{}: present, checksum ok", asset.key));
+                return Ok(());
             }
-            lock.insert(asset.key.clone(), have);
+            None => {
+                say(format!(
+                    "{}: present (no checksum pinned; recording {have})",
+                    asset.key
+                ));
+                return lock.record(&asset.key, have);
+            }
+            Some(_) => say(format!(
+                "{}: present but its checksum differs; fetching again",
+                asset.key
+            )),
         }
     }
-    std::fs::create_dir_all(cache)?;
-    write_atomic(&lock_path, serde_json::to_string_pretty(&lock)?.as_bytes())?;
+    let announced = fetch(asset, &dest, source, expected.as_deref(), say)?;
+    if expected.is_some() {
+        return Ok(());
+    }
+    let have = sha256_file(&dest)?;
+    if let Some(announced) = announced
+        && announced != have
+    {
+        let _ = std::fs::remove_file(&dest);
+        bail!(
+            "{}: SHA-256 {have} differs from the {announced} the server announced",
+            asset.key
+        );
+    }
+    lock.record(&asset.key, have)
+}
+
+/// The source does not have the file (HTTP 404, or absent from a mirror directory): for files
+/// with alternatives, the cue to try the next one.
+#[derive(Debug)]
+pub struct NotFound;
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HTTP 404: the source does not have this file")
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NotFound>().is_some()
+}
+
+/// Hub repositories people name by their old short names (the hub redirects these).
+const HUB_ALIASES: [(&str, &str); 5] = [
+    (
+        "distilbert-base-cased-distilled-squad",
+        "distilbert/distilbert-base-cased-distilled-squad",
+    ),
+    ("roberta-base", "FacebookAI/roberta-base"),
+    ("xlm-roberta-base", "FacebookAI/xlm-roberta-base"),
+    ("xlm-roberta-large", "FacebookAI/xlm-roberta-large"),
+    (
+        "bert-base-multilingual-cased",
+        "google-bert/bert-base-multilingual-cased",
+    ),
+];
+
+/// Question-answering checkpoints of each family, for the help text; any `owner/name` on the
+/// hub is fetched the same way.
+pub const HUB_EXAMPLES: [&str; 6] = [
+    "distilbert-base-cased-distilled-squad",
+    "deepset/roberta-base-squad2",
+    "deepset/xlm-roberta-large-squad2",
+    "deepset/deberta-v3-base-squad2",
+    "dccuchile/bert-base-spanish-wwm-cased",
+    "PlanTL-GOB-ES/roberta-base-bne-sqac",
+];
+
+/// What a model directory needs, each as alternatives in order: the first whose first file the
+/// repository has is fetched whole. A SentencePiece model alone is fetched so that loading can
+/// say how to make its tokenizer.json.
+const HUB_NEEDS: [(&str, &[&[&str]]); 3] = [
+    ("config", &[&["config.json"]]),
+    ("weights", &[&["model.safetensors"], &["pytorch_model.bin"]]),
+    (
+        "tokenizer",
+        &[
+            &["tokenizer.json"],
+            &["vocab.json", "merges.txt"],
+            &["vocab.txt"],
+            &["spm.model"],
+            &["sentencepiece.bpe.model"],
+        ],
+    ),
+];
+
+/// Fetched when the repository has them: casing, prefix space and special tokens.
+const HUB_OPTIONAL: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+
+/// The hub repository a model name means: an alias, or any `owner/name`.
+pub fn hub_repo(name: &str) -> Option<&str> {
+    HUB_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map(|(_, repo)| *repo)
+        .or_else(|| is_repo_id(name).then_some(name))
+}
+
+fn is_repo_id(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+}
+
+/// A model from the Hugging Face hub into `models/<name>/`: its config, its weights and its
+/// tokenizer, each in the first form the repository has (see [`HUB_NEEDS`]), then the optional
+/// files it has. Unpinned: hashes are recorded in `checksums.lock` on the first download.
+pub fn fetch_hub_model(
+    name: &str,
+    cache: &Path,
+    source: &Source,
+    say: &dyn Fn(String),
+) -> anyhow::Result<()> {
+    let repo = hub_repo(name).with_context(|| {
+        format!(
+            "unknown model '{name}'; known: {}, or a Hugging Face repository as owner/name, e.g. {}",
+            MODELS.join(", "),
+            HUB_EXAMPLES.join(", ")
+        )
+    })?;
+    let asset = |file: &str| Asset {
+        key: format!("models/{name}/{file}"),
+        url: format!("https://huggingface.co/{repo}/resolve/main/{file}"),
+        sha256: None,
+    };
+    let mut lock = Lock::read(cache)?;
+    for (what, alternatives) in HUB_NEEDS {
+        let files = first_available(alternatives, &asset, cache, source, &mut lock, say)?
+            .with_context(|| {
+                let tried: Vec<String> = alternatives.iter().map(|a| a.join(" + ")).collect();
+                format!("{repo} has no {what} file; looked for {}", tried.join(", "))
+            })?;
+        for file in &files[1..] {
+            fetch_checked(&asset(file), cache, source, &mut lock, say)?;
+        }
+    }
+    for file in HUB_OPTIONAL {
+        match fetch_checked(&asset(file), cache, source, &mut lock, say) {
+            Err(e) if is_not_found(&e) => say(format!("{name}/{file}: not in {repo}; not needed")),
+            other => other?,
+        }
+    }
     Ok(())
+}
+
+/// Fetches the first file of the first alternative the source has; which one it was.
+fn first_available<'a>(
+    alternatives: &[&'a [&'a str]],
+    asset: &dyn Fn(&str) -> Asset,
+    cache: &Path,
+    source: &Source,
+    lock: &mut Lock,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Option<&'a [&'a str]>> {
+    for files in alternatives {
+        match fetch_checked(&asset(files[0]), cache, source, lock, say) {
+            Ok(()) => return Ok(Some(files)),
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Downloads one asset to `dest` through `dest.part` (resumed when present), verifies the hash
@@ -220,6 +399,10 @@ fn fetch(
     match source {
         Source::MirrorDir(dir) => {
             let from = dir.join(&asset.key);
+            if !from.is_file() {
+                return Err(anyhow::Error::new(NotFound))
+                    .with_context(|| format!("{} is not in the mirror", from.display()));
+            }
             std::fs::copy(&from, &part)
                 .with_context(|| format!("copying {} from the mirror", from.display()))?;
             say(format!("{}: copied from {}", asset.key, from.display()));
@@ -273,6 +456,7 @@ fn download(url: &str, part: &Path, say: &dyn Fn(String)) -> anyhow::Result<Opti
             // Already complete: the server has nothing past our end.
             return Ok(None);
         }
+        404 => return Err(NotFound.into()),
         other => bail!("HTTP {other}"),
     };
     let header = |name: &str| {
@@ -562,6 +746,85 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("HTTP 404"), "{err:#}");
+    }
+
+    /// A repository with the older forms of each file (pytorch_model.bin, vocab.json +
+    /// merges.txt) and no tokenizer_config.json: each need is met by the first form it has.
+    #[test]
+    fn hub_models_take_the_first_form_of_each_file_the_repository_has() {
+        let m = "models/owner/qa-model";
+        let files = [
+            "config.json",
+            "pytorch_model.bin",
+            "vocab.json",
+            "merges.txt",
+        ]
+        .map(|f| (format!("/{m}/{f}"), f.as_bytes().to_vec()));
+        let base = serve(files.to_vec(), vec![]);
+        let cache = tempfile::tempdir().unwrap();
+        let lines = Mutex::new(Vec::new());
+        let source = Source::MirrorUrl(base);
+        fetch_hub_model("owner/qa-model", cache.path(), &source, &|l| {
+            lines.lock().unwrap().push(l)
+        })
+        .unwrap();
+        let mut got: Vec<String> = std::fs::read_dir(cache.path().join(m))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "config.json",
+                "merges.txt",
+                "pytorch_model.bin",
+                "vocab.json"
+            ]
+        );
+        let lock = std::fs::read_to_string(cache.path().join("checksums.lock")).unwrap();
+        assert!(lock.contains(&hash(b"pytorch_model.bin")), "{lock}");
+        let said = lines.lock().unwrap().join("\n");
+        assert!(
+            said.contains("tokenizer_config.json: not in owner/qa-model"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn a_hub_model_without_weights_names_what_was_looked_for() {
+        let m = "models/owner/empty";
+        let base = serve(vec![(format!("/{m}/config.json"), b"{}".to_vec())], vec![]);
+        let cache = tempfile::tempdir().unwrap();
+        let err = fetch_hub_model(
+            "owner/empty",
+            cache.path(),
+            &Source::MirrorUrl(base),
+            &|_| {},
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "owner/empty has no weights file; looked for model.safetensors, pytorch_model.bin"
+        );
+    }
+
+    #[test]
+    fn hub_names_are_aliases_or_repository_ids() {
+        assert_eq!(
+            hub_repo("xlm-roberta-base"),
+            Some("FacebookAI/xlm-roberta-base")
+        );
+        assert_eq!(
+            hub_repo("deepset/roberta-base-squad2"),
+            Some("deepset/roberta-base-squad2")
+        );
+        for bad in ["imagenet", "a/b/c", "../x", "owner/", "a/b c"] {
+            assert_eq!(hub_repo(bad), None, "{bad}");
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let err = fetch_hub_model("imagenet", cache.path(), &Source::Origin, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("owner/name"), "{err}");
     }
 
     #[test]

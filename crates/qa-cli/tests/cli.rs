@@ -7,12 +7,12 @@ use std::process::{Child, Command, Output, Stdio};
 
 use qa_model::{BertConfig, BertForQuestionAnswering, CpuBackend, save_pretrained};
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::FAMILIES;
+
 fn qa() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qa"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -51,7 +51,7 @@ const CONTEXT: &str = "Paris is a city of France. The tower was built in 1889.";
 
 #[test]
 fn evaluate_equals_the_official_scripts() {
-    let fixtures = repo().join("tests/fixtures");
+    let fixtures = support::repo_root().join("tests/fixtures");
     let cases = [
         (
             "datasets/squad-sample/dev.json",
@@ -78,7 +78,7 @@ fn evaluate_equals_the_official_scripts() {
     for (data, preds, na, thresh, expected) in cases {
         let mut cmd = qa();
         cmd.args(["evaluate", "--json", "--data"])
-            .arg(repo().join(data))
+            .arg(support::repo_root().join(data))
             .arg("--predictions")
             .arg(fixtures.join(preds));
         if let Some(na) = na {
@@ -124,7 +124,7 @@ fn bad_input_exits_1_with_a_message() {
 
     let out = run(qa()
         .args(["evaluate", "--data"])
-        .arg(repo().join("datasets/test.json")));
+        .arg(support::repo_root().join("datasets/test.json")));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--predictions"), "{}", stderr(&out));
 
@@ -138,7 +138,7 @@ fn bad_input_exits_1_with_a_message() {
 
 #[test]
 fn data_check_counts_answers_lost_to_short_windows() {
-    let data = repo().join("datasets/train.json");
+    let data = support::repo_root().join("datasets/train.json");
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = run(qa()
@@ -236,7 +236,7 @@ fn evaluate_with_a_model_writes_prediction_files_and_never_overwrites() {
             "16",
             "--data",
         ])
-        .arg(repo().join("datasets/test.json"))
+        .arg(support::repo_root().join("datasets/test.json"))
         .arg("--model")
         .arg(&model)
         .arg("--output-dir")
@@ -518,7 +518,7 @@ fn evaluate_draws_a_missing_head_from_the_seed() {
                 seed,
             ])
             .arg("--data")
-            .arg(repo().join("datasets/test.json"))
+            .arg(support::repo_root().join("datasets/test.json"))
             .arg("--model")
             .arg(&model)
             .arg("--output-dir")
@@ -694,9 +694,9 @@ fn a_trained_model_answers_with_the_settings_it_was_trained_with() {
 /// `qa evaluate` then answers with.
 #[test]
 fn every_family_trains_saves_in_its_own_layout_and_evaluates() {
-    let fixtures = repo().join("tests/fixtures/families");
+    let fixtures = support::family_fixtures();
     let data = fixtures.join("questions.json");
-    for family in ["bert", "distilbert", "roberta", "xlm-roberta", "electra"] {
+    for family in FAMILIES {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let config = dir.path().join("train.toml");

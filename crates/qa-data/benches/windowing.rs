@@ -3,6 +3,9 @@
 //! machine: Hugging Face's fast tokenizer with run_qa.py's recipe, 63.9 s.
 //!
 //! QA_SHARED_DIR=../shared cargo bench -p qa-data
+//!
+//! With `QA_BENCH_TOKENIZERS=name=DIR,...` the windowing also runs with those tokenizers (other
+//! families' kinds at realistic sizes: `tests/parity/bench_tokenizers.py`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +31,18 @@ fn windowing(c: &mut Criterion) {
     group.bench_function("tokenize+window 384/128", |b| {
         b.iter(|| FeatureSet::build(&ds, &tok, WindowConfig::default()).unwrap())
     });
+    let others = std::env::var("QA_BENCH_TOKENIZERS").unwrap_or_default();
+    for entry in others.split(',').filter(|e| !e.is_empty()) {
+        let (name, dir) = entry
+            .split_once('=')
+            .expect("QA_BENCH_TOKENIZERS entries are name=DIR");
+        let tok = QaTokenizer::from_path(dir, Casing::Auto).unwrap();
+        let features = FeatureSet::build(&ds, &tok, WindowConfig::default()).unwrap();
+        eprintln!("{name}: {} features", features.features.len());
+        group.bench_function(format!("tokenize+window 384/128 {name}"), |b| {
+            b.iter(|| FeatureSet::build(&ds, &tok, WindowConfig::default()).unwrap())
+        });
+    }
     group.finish();
 }
 

@@ -10,9 +10,13 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use tokenizers::AddedToken;
+use tokenizers::models::bpe::BPE;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{DataError, Result};
@@ -79,14 +83,21 @@ impl std::fmt::Debug for QaTokenizer {
     }
 }
 
-/// The files of a model directory a tokenizer is read from: `tokenizer.json`, or `vocab.txt`
-/// with the casing `tokenizer_config.json` states; copying these copies the tokenizer.
-pub const TOKENIZER_FILES: [&str; 4] = [
+/// The files of a model directory a tokenizer is read from: `tokenizer.json`, or RoBERTa's
+/// `vocab.json` + `merges.txt`, or `vocab.txt`, with what `tokenizer_config.json` states;
+/// copying these copies the tokenizer.
+pub const TOKENIZER_FILES: [&str; 6] = [
     "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
     "vocab.txt",
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
+
+/// SentencePiece models, which the Rust tokenizers library cannot read: a directory with only
+/// one of these needs a tokenizer.json made once by transformers.
+const SENTENCEPIECE_FILES: [&str; 2] = ["spm.model", "sentencepiece.bpe.model"];
 
 impl QaTokenizer {
     /// Loads from a model directory (its `tokenizer.json`, else its `vocab.txt`), a
@@ -94,18 +105,7 @@ impl QaTokenizer {
     pub fn from_path(path: impl AsRef<Path>, casing: Casing) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
-            let json = path.join("tokenizer.json");
-            let vocab = path.join("vocab.txt");
-            if json.is_file() {
-                Self::from_tokenizer_json(&json)
-            } else if vocab.is_file() {
-                Self::from_vocab(&vocab, casing)
-            } else {
-                Err(DataError::Tokenizer {
-                    path: path.to_path_buf(),
-                    message: "directory has neither tokenizer.json nor vocab.txt".into(),
-                })
-            }
+            Self::from_dir(path, casing)
         } else if path.extension().is_some_and(|e| e == "txt") {
             Self::from_vocab(path, casing)
         } else if path.exists() {
@@ -116,6 +116,76 @@ impl QaTokenizer {
                 message: "no such file or directory".into(),
             })
         }
+    }
+
+    /// A model directory's tokenizer, from the first of its files that describes one.
+    fn from_dir(dir: &Path, casing: Casing) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let (bpe_vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let vocab = dir.join("vocab.txt");
+        if json.is_file() {
+            return Self::from_tokenizer_json(&json);
+        }
+        if bpe_vocab.is_file() && merges.is_file() {
+            return Self::from_byte_level_bpe(dir);
+        }
+        if vocab.is_file() {
+            return Self::from_vocab(&vocab, casing);
+        }
+        let message = match SENTENCEPIECE_FILES.iter().find(|f| dir.join(f).is_file()) {
+            Some(spm) => format!(
+                "only a SentencePiece model ({spm}) is here, which this program cannot read; \
+                 write tokenizer.json beside it once with transformers: python -c \"from \
+                 transformers import AutoTokenizer as T; T.from_pretrained('{d}').save_pretrained('{d}')\"",
+                d = dir.display()
+            ),
+            None => "directory has no tokenizer.json, vocab.json + merges.txt or vocab.txt".into(),
+        };
+        Err(DataError::Tokenizer {
+            path: dir.to_path_buf(),
+            message,
+        })
+    }
+
+    /// RoBERTa's byte-level BPE from `vocab.json` and `merges.txt`, put together as transformers'
+    /// `RobertaConverter` does (prefix space as `tokenizer_config.json` says, offsets trimmed,
+    /// `<s> q </s></s> c </s>`).
+    pub fn from_byte_level_bpe(dir: &Path) -> Result<Self> {
+        let vocab = dir.join("vocab.json");
+        let text = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| tokenizer_error(p, "path is not valid UTF-8"))
+        };
+        let model = BPE::from_file(&text(&vocab)?, &text(&dir.join("merges.txt"))?)
+            .build()
+            .map_err(|e| tokenizer_error(&vocab, e))?;
+        let settings = RobertaSettings::read(dir)?;
+        let id =
+            |token: &str| {
+                model.get_vocab().get(token).copied().ok_or_else(|| {
+                    tokenizer_error(&vocab, format!("the vocabulary has no {token}"))
+                })
+            };
+        let processing = RobertaProcessing::new(
+            (settings.sep.clone(), id(&settings.sep)?),
+            (settings.cls.clone(), id(&settings.cls)?),
+        )
+        .trim_offsets(true)
+        .add_prefix_space(settings.add_prefix_space);
+        let byte_level = ByteLevel::new(settings.add_prefix_space, true, true);
+        let mut inner = Tokenizer::new(model);
+        inner
+            .with_pre_tokenizer(Some(byte_level))
+            .with_decoder(Some(byte_level))
+            .with_post_processor(Some(processing));
+        let specials: Vec<AddedToken> = settings
+            .specials()
+            .into_iter()
+            .map(|t| AddedToken::from(t, true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        Self::finish(inner, &vocab)
     }
 
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
@@ -254,6 +324,59 @@ impl QaTokenizer {
         self.inner
             .save(path, false)
             .map_err(|e| tokenizer_error(path, e))
+    }
+}
+
+/// What `tokenizer_config.json` says of a RoBERTa tokenizer built from its files: its special
+/// tokens and whether a space is put before the first word (transformers' defaults otherwise).
+struct RobertaSettings {
+    cls: String,
+    sep: String,
+    others: Vec<String>,
+    add_prefix_space: bool,
+}
+
+impl RobertaSettings {
+    fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| tokenizer_error(&path, e))?,
+            Err(_) => serde_json::Value::Null,
+        };
+        // A token is a string or, in older files, {"content": ...}.
+        let token = |key: &str, default: &str| {
+            let v = &config[key];
+            v.as_str()
+                .or_else(|| v["content"].as_str())
+                .unwrap_or(default)
+                .to_string()
+        };
+        Ok(RobertaSettings {
+            cls: token("cls_token", "<s>"),
+            sep: token("sep_token", "</s>"),
+            others: [
+                "bos_token",
+                "eos_token",
+                "unk_token",
+                "pad_token",
+                "mask_token",
+            ]
+            .iter()
+            .zip(["<s>", "</s>", "<unk>", "<pad>", "<mask>"])
+            .map(|(key, default)| token(key, default))
+            .collect(),
+            add_prefix_space: config["add_prefix_space"].as_bool().unwrap_or(false),
+        })
+    }
+
+    fn specials(&self) -> Vec<String> {
+        let mut all = vec![self.cls.clone(), self.sep.clone()];
+        for t in &self.others {
+            if !all.contains(t) {
+                all.push(t.clone());
+            }
+        }
+        all
     }
 }
 
@@ -481,7 +604,8 @@ pub(crate) mod tests {
         let err = QaTokenizer::from_path(dir.path(), Casing::Auto).unwrap_err();
         assert!(
             err.to_string()
-                .contains("neither tokenizer.json nor vocab.txt")
+                .contains("no tokenizer.json, vocab.json + merges.txt or vocab.txt"),
+            "{err}"
         );
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! Field names follow the Hugging Face checkpoint layout (`embeddings.word_embeddings`,
 //! `encoder.layer.N.attention.self.query`, ...) so [`crate::hf`] maps tensors one to one.
+//! DeBERTa's relative attention, the one family whose layers differ, is in [`deberta`].
+
+pub mod deberta;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{
@@ -13,8 +16,9 @@ use burn::tensor::activation::{gelu_approximate, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use crate::config::{Activation, BertConfig};
+use crate::config::{Activation, BertConfig, RelativeAttention};
 use crate::kernels;
+use deberta::{Relative, RelativeEmbeddings};
 
 /// One batch of model inputs, padded to a common length.
 #[derive(Debug, Clone)]
@@ -62,39 +66,43 @@ pub const MASKED_LOGIT: f32 = -1.0e4;
 #[derive(Module, Debug)]
 pub struct Embeddings<B: Backend> {
     pub word_embeddings: Embedding<B>,
-    pub position_embeddings: Embedding<B>,
+    /// Absolute positions (at most one table): DeBERTa-v3 has none.
+    pub position_embeddings: Vec<Embedding<B>>,
     /// Empty where the family has no token types (DistilBERT); a table with one row where every
     /// token has type 0 (RoBERTa, XLM-R). Optional parts are `Vec`s of at most one: burn 0.21's
     /// `Option::load_record` counts parameters, which draws every lazily initialised one, so a
     /// load would consume random numbers (tests/random_draws.rs).
     pub token_type_embeddings: Vec<Embedding<B>>,
     pub layer_norm: LayerNorm<B>,
-    /// ELECTRA's `embeddings_project` (at most one), when its embeddings are narrower than its
-    /// layers.
+    /// ELECTRA's `embeddings_project` or DeBERTa's `embed_proj` (at most one), when the
+    /// embeddings are narrower than the layers.
     pub projection: Vec<Linear<B>>,
     dropout: Dropout,
     #[module(skip)]
     layer_norm_eps: f64,
+    /// DeBERTa's order: project, normalise, zero the padding; otherwise normalise, project.
+    #[module(skip)]
+    projects_before_norm: bool,
     /// The position id of the first token (RoBERTa counts from `padding_idx + 1`).
     #[module(skip)]
     position_offset: usize,
 }
 
 impl<B: Backend> Embeddings<B> {
-    fn forward(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        token_type_ids: Tensor<B, 2, Int>,
-    ) -> Tensor<B, 3> {
+    fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
+        let input_ids = input.input_ids.clone();
+        let token_type_ids = input.token_type_ids.clone();
+        if self.projects_before_norm {
+            return self.forward_projecting_first(
+                input_ids,
+                token_type_ids,
+                input.padding_mask.as_ref(),
+            );
+        }
         let [_, seq] = input_ids.dims();
-        let start = self.position_offset;
-        // `[1, seq, width]`: the same positions for every sequence of the batch.
         let mut positions = self
-            .position_embeddings
-            .weight
-            .val()
-            .slice(start..start + seq)
-            .unsqueeze::<3>();
+            .positions(seq)
+            .expect("BERT-style embeddings have positions");
         let mut x = self.word_embeddings.forward(input_ids);
         match self.token_type_embeddings.first() {
             Some(types) if types.weight.dims()[0] == 1 => {
@@ -112,6 +120,51 @@ impl<B: Backend> Embeddings<B> {
             None => x,
         }
     }
+
+    /// `[1, seq, width]`: the same positions for every sequence of the batch.
+    fn positions(&self, seq: usize) -> Option<Tensor<B, 3>> {
+        let table = self.position_embeddings.first()?;
+        let start = self.position_offset;
+        Some(
+            table
+                .weight
+                .val()
+                .slice(start..start + seq)
+                .unsqueeze::<3>(),
+        )
+    }
+
+    /// DeBERTa's embeddings: the sum projected, normalised, zero at padding positions.
+    fn forward_projecting_first(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+        padding: Option<&Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let mut x = self.word_embeddings.forward(input_ids);
+        if let Some(positions) = self.positions(seq) {
+            x = x + positions;
+        }
+        if let Some(types) = self.token_type_embeddings.first() {
+            x = x + types.forward(token_type_ids);
+        }
+        if let Some(projection) = self.projection.first() {
+            x = kernels::linear(projection, x);
+        }
+        let x = kernels::layer_norm(&self.layer_norm, x, self.layer_norm_eps);
+        let width = x.dims()[2];
+        let x = match padding {
+            Some(p) => x.mask_fill(
+                p.clone()
+                    .reshape([batch, seq, 1])
+                    .expand([batch, seq, width]),
+                0.0,
+            ),
+            None => x,
+        };
+        kernels::dropout(&self.dropout, x)
+    }
 }
 
 /// Multi-head self-attention with its output projection and the residual LayerNorm (post-norm).
@@ -120,9 +173,15 @@ pub struct Attention<B: Backend> {
     pub query: Linear<B>,
     pub key: Linear<B>,
     pub value: Linear<B>,
+    /// DeBERTa without `share_att_key`: the relative positions' own key projection (at most one).
+    pub position_key: Vec<Linear<B>>,
+    /// ... and their own query projection.
+    pub position_query: Vec<Linear<B>>,
     pub output: Linear<B>,
     pub layer_norm: LayerNorm<B>,
     attention_dropout: Dropout,
+    /// DeBERTa's dropout on the relative position table.
+    position_dropout: Dropout,
     dropout: Dropout,
     heads: usize,
     #[module(skip)]
@@ -130,12 +189,20 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, padding: Option<&Tensor<B, 2, Bool>>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        padding: Option<&Tensor<B, 2, Bool>>,
+        relative: Option<&Relative<B>>,
+    ) -> Tensor<B, 3> {
         let q = kernels::linear(&self.query, x.clone());
         let k = kernels::linear(&self.key, x.clone());
         let v = kernels::linear(&self.value, x.clone());
 
-        let context = kernels::attention(q, k, v, padding, self.heads, &self.attention_dropout);
+        let context = match relative {
+            Some(relative) => self.disentangled([q, k, v], padding, relative),
+            None => kernels::attention(q, k, v, padding, self.heads, &self.attention_dropout),
+        };
         let out = kernels::dropout(&self.dropout, kernels::linear(&self.output, context));
         kernels::add_layer_norm(&self.layer_norm, out, x, self.layer_norm_eps)
     }
@@ -178,16 +245,20 @@ pub struct Layer<B: Backend> {
 pub struct BertModel<B: Backend> {
     pub embeddings: Embeddings<B>,
     pub layers: Vec<Layer<B>>,
+    /// DeBERTa's relative position table (at most one), shared by all layers.
+    pub relative: Vec<RelativeEmbeddings<B>>,
 }
 
 impl<B: Backend> BertModel<B> {
     /// Last hidden states, `[batch, seq, hidden]`.
     pub fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
-        let mut x = self
-            .embeddings
-            .forward(input.input_ids.clone(), input.token_type_ids.clone());
+        let mut x = self.embeddings.forward(input);
+        let seq = x.dims()[1];
+        let relative = self.relative.first().map(|r| r.for_length(seq));
         for layer in &self.layers {
-            x = layer.attention.forward(x, input.padding_mask.as_ref());
+            x = layer
+                .attention
+                .forward(x, input.padding_mask.as_ref(), relative.as_ref());
             x = layer.feed_forward.forward(x);
         }
         x
@@ -232,6 +303,13 @@ impl<B: Backend> BertForQuestionAnswering<B> {
             l.bias = Some(Initializer::Zeros.init([d_out], device));
             l
         };
+        let unbiased = |d_in: usize, d_out: usize| {
+            LinearConfig::new(d_in, d_out)
+                .with_initializer(normal.clone())
+                .with_bias(false)
+                .init(device)
+        };
+        let projects_first = config.projects_before_norm();
         let layer_norm = |width: usize| {
             LayerNormConfig::new(width)
                 .with_epsilon(config.layer_norm_eps)
@@ -243,16 +321,28 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                 .init(device)
         };
         let hidden_dropout = DropoutConfig::new(config.hidden_dropout_prob).init();
+        let relative = config.relative_attention();
+        // DeBERTa's own position projections, where they are not the query's and key's.
+        let own = |term: fn(&RelativeAttention) -> bool| {
+            relative
+                .filter(|r| term(r) && !r.shared_projections)
+                .map(|_| linear(h, h))
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
         let layers = (0..config.num_hidden_layers)
             .map(|_| Layer {
                 attention: Attention {
                     query: linear(h, h),
                     key: linear(h, h),
                     value: linear(h, h),
+                    position_key: own(|r| r.content_to_position),
+                    position_query: own(|r| r.position_to_content),
                     output: linear(h, h),
                     layer_norm: layer_norm(h),
                     attention_dropout: DropoutConfig::new(config.attention_probs_dropout_prob)
                         .init(),
+                    position_dropout: hidden_dropout.clone(),
                     dropout: hidden_dropout.clone(),
                     heads: config.num_attention_heads,
                     layer_norm_eps: config.layer_norm_eps,
@@ -271,18 +361,40 @@ impl<B: Backend> BertForQuestionAnswering<B> {
             bert: BertModel {
                 embeddings: Embeddings {
                     word_embeddings: embedding(config.vocab_size),
-                    position_embeddings: embedding(config.max_position_embeddings),
+                    position_embeddings: config
+                        .position_biased_input()
+                        .then(|| embedding(config.max_position_embeddings))
+                        .into_iter()
+                        .collect(),
                     token_type_embeddings: (config.type_vocab_size > 0)
                         .then(|| embedding(config.type_vocab_size))
                         .into_iter()
                         .collect(),
-                    layer_norm: layer_norm(width),
-                    projection: (width != h).then(|| linear(width, h)).into_iter().collect(),
+                    layer_norm: layer_norm(if projects_first { h } else { width }),
+                    projection: (width != h)
+                        .then(|| match projects_first {
+                            true => unbiased(width, h),
+                            false => linear(width, h),
+                        })
+                        .into_iter()
+                        .collect(),
                     dropout: hidden_dropout.clone(),
                     layer_norm_eps: config.layer_norm_eps,
                     position_offset: config.position_offset(),
+                    projects_before_norm: projects_first,
                 },
                 layers,
+                relative: relative
+                    .map(|spec| RelativeEmbeddings {
+                        table: EmbeddingConfig::new(2 * spec.span, h)
+                            .with_initializer(normal.clone())
+                            .init(device),
+                        layer_norm: spec.normalized.then(|| layer_norm(h)).into_iter().collect(),
+                        spec,
+                        layer_norm_eps: config.layer_norm_eps,
+                    })
+                    .into_iter()
+                    .collect(),
             },
             head_dropout: DropoutConfig::new(config.head_dropout()).init(),
             qa_outputs: linear(h, 2),

@@ -1,7 +1,8 @@
 //! `BertConfig` mirrors a Hugging Face `config.json` of an encoder built from BERT's layers: BERT
 //! itself (bert-base, multilingual BERT, BETO, MiniLM, ...) and the [`Family`]s that are BERT's
 //! layers under other names (DistilBERT), with positions counted from an offset (RoBERTa, XLM-R)
-//! or with an embedding projection (ELECTRA).
+//! or with an embedding projection (ELECTRA), and DeBERTa-v2/v3, whose attention adds
+//! disentangled relative-position terms ([`RelativeAttention`]).
 
 use std::path::Path;
 
@@ -31,15 +32,18 @@ pub enum Family {
     Roberta,
     XlmRoberta,
     Electra,
+    /// DeBERTa-v2, and DeBERTa-v3 whose checkpoints use the same `model_type`.
+    DebertaV2,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::Bert,
         Family::DistilBert,
         Family::Roberta,
         Family::XlmRoberta,
         Family::Electra,
+        Family::DebertaV2,
     ];
 
     /// config.json's `model_type`.
@@ -50,6 +54,7 @@ impl Family {
             Family::Roberta => "roberta",
             Family::XlmRoberta => "xlm-roberta",
             Family::Electra => "electra",
+            Family::DebertaV2 => "deberta-v2",
         }
     }
 
@@ -61,6 +66,7 @@ impl Family {
             Family::Roberta => "RobertaForQuestionAnswering",
             Family::XlmRoberta => "XLMRobertaForQuestionAnswering",
             Family::Electra => "ElectraForQuestionAnswering",
+            Family::DebertaV2 => "DebertaV2ForQuestionAnswering",
         }
     }
 
@@ -72,6 +78,7 @@ impl Family {
             Family::DistilBert => "distilbert",
             Family::Roberta | Family::XlmRoberta => "roberta",
             Family::Electra => "electra",
+            Family::DebertaV2 => "deberta",
         }
     }
 
@@ -101,6 +108,27 @@ const DISTILBERT_KEYS: [(&str, &str); 7] = [
     ("hidden_act", "activation"),
 ];
 
+/// DeBERTa's disentangled attention (He et al., 2021): scores gain content-to-position and
+/// position-to-content terms read from a table of relative distances, shared by all layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelativeAttention {
+    /// Distances map to rows `0..2 span` of the table (`position_buckets`, or
+    /// `max_relative_positions` without buckets).
+    pub span: usize,
+    /// Distances past `span / 2` share logarithmically wider buckets up to `max_position`.
+    pub log_buckets: bool,
+    pub max_position: usize,
+    /// `c2p` in `pos_att_type`: queries read the position keys.
+    pub content_to_position: bool,
+    /// `p2c` in `pos_att_type`: keys read the position queries.
+    pub position_to_content: bool,
+    /// `share_att_key`: positions go through the query and key projections; otherwise through
+    /// their own `pos_query_proj` / `pos_key_proj`.
+    pub shared_projections: bool,
+    /// `norm_rel_ebd = "layer_norm"`: the table is layer-normalised before use.
+    pub normalized: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
     /// Which checkpoint family (from `model_type`); decides tensor names and the position offset.
@@ -127,7 +155,8 @@ pub struct BertConfig {
     pub initializer_range: f64,
     #[serde(default)]
     pub pad_token_id: usize,
-    /// ELECTRA: the width of the embeddings, projected to `hidden_size` when it differs.
+    /// ELECTRA and DeBERTa: the width of the embeddings, projected to `hidden_size` when it
+    /// differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_size: Option<usize>,
     /// Everything else in config.json (architectures, model_type, ...), kept when saving.
@@ -176,8 +205,10 @@ impl BertConfig {
                 ))
             })?,
         };
-        if family == Family::DistilBert {
-            from_distilbert_keys(&mut map);
+        match family {
+            Family::DistilBert => from_distilbert_keys(&mut map),
+            Family::DebertaV2 => with_deberta_defaults(&mut map),
+            _ => {}
         }
         let mut config: BertConfig = serde_json::from_value(serde_json::Value::Object(map))
             .map_err(|e| invalid(e.to_string()))?;
@@ -206,7 +237,102 @@ impl BertConfig {
                 return Err(format!("{name} {p} is not a probability in [0, 1)"));
             }
         }
+        if self.family == Family::DebertaV2 {
+            self.check_deberta()?;
+        }
         Ok(())
+    }
+
+    /// What of DeBERTa-v2 this crate does not implement, named by its config key.
+    fn check_deberta(&self) -> Result<(), String> {
+        let conv = self.integer("conv_kernel_size").unwrap_or(0);
+        if conv > 0 {
+            return Err(format!(
+                "conv_kernel_size {conv}: DeBERTa-v2's convolution after the first layer (as in \
+                 deberta-v2-xlarge) is not supported; DeBERTa-v3 checkpoints have none"
+            ));
+        }
+        if let Some(size) = self.integer("attention_head_size")
+            && size != self.head_dim() as i64
+        {
+            return Err(format!(
+                "attention_head_size {size} differs from hidden_size / num_attention_heads = {}; \
+                 only equal sizes are supported",
+                self.head_dim()
+            ));
+        }
+        self.read_relative_attention().map(|_| ())
+    }
+
+    /// DeBERTa's disentangled attention, or `None` for every other family and for DeBERTa
+    /// without `relative_attention`. The configuration must have passed [`Self::validate`].
+    pub fn relative_attention(&self) -> Option<RelativeAttention> {
+        self.read_relative_attention()
+            .unwrap_or_else(|e| panic!("an unchecked DeBERTa config: {e}"))
+    }
+
+    fn read_relative_attention(&self) -> Result<Option<RelativeAttention>, String> {
+        let on = self
+            .extra
+            .get("relative_attention")
+            .and_then(|v| v.as_bool());
+        if self.family != Family::DebertaV2 || on != Some(true) {
+            return Ok(None);
+        }
+        let max_position = match self.integer("max_relative_positions").unwrap_or(-1) {
+            m if m < 1 => self.max_position_embeddings,
+            m => m as usize,
+        };
+        let buckets = self.integer("position_buckets").unwrap_or(-1);
+        let kinds = match self.extra.get("pos_att_type") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(s)) => {
+                s.split('|').map(|k| k.trim().to_lowercase()).collect()
+            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|k| k.as_str().unwrap_or("").trim().to_lowercase())
+                .collect(),
+            Some(other) => return Err(format!("pos_att_type {other} is not a list of c2p, p2c")),
+        };
+        if let Some(k) = kinds.iter().find(|k| !matches!(k.as_str(), "c2p" | "p2c")) {
+            return Err(format!(
+                "pos_att_type '{k}' is not supported; DeBERTa-v2 takes c2p and p2c"
+            ));
+        }
+        let norm = self.extra.get("norm_rel_ebd").and_then(|v| v.as_str());
+        Ok(Some(RelativeAttention {
+            span: if buckets > 0 {
+                buckets as usize
+            } else {
+                max_position
+            },
+            log_buckets: buckets > 0,
+            max_position,
+            content_to_position: kinds.iter().any(|k| k == "c2p"),
+            position_to_content: kinds.iter().any(|k| k == "p2c"),
+            shared_projections: self.flag("share_att_key").unwrap_or(false),
+            normalized: norm.is_some_and(|n| n.split('|').any(|p| p.trim() == "layer_norm")),
+        }))
+    }
+
+    /// Whether absolute position embeddings are added to the input (DeBERTa-v3 has none).
+    pub fn position_biased_input(&self) -> bool {
+        self.family != Family::DebertaV2 || self.flag("position_biased_input").unwrap_or(true)
+    }
+
+    /// Whether the embedding projection comes before the LayerNorm and has no bias (DeBERTa's
+    /// `embed_proj`), rather than after it with one (ELECTRA's `embeddings_project`).
+    pub fn projects_before_norm(&self) -> bool {
+        self.family == Family::DebertaV2
+    }
+
+    fn integer(&self, key: &str) -> Option<i64> {
+        self.extra.get(key).and_then(|v| v.as_i64())
+    }
+
+    fn flag(&self, key: &str) -> Option<bool> {
+        self.extra.get(key).and_then(|v| v.as_bool())
     }
 
     /// Where position ids start: RoBERTa and XLM-R count real tokens from `padding_idx + 1`.
@@ -340,6 +466,12 @@ impl BertConfig {
     }
 }
 
+/// DeBERTa-v2's own defaults where config.json leaves a key out (transformers writes them all).
+fn with_deberta_defaults(map: &mut serde_json::Map<String, serde_json::Value>) {
+    map.entry("type_vocab_size").or_insert(0.into());
+    map.entry("layer_norm_eps").or_insert(1e-7.into());
+}
+
 /// DistilBERT's keys renamed to BERT's; it has no token types and LayerNorm eps 1e-12.
 fn from_distilbert_keys(map: &mut serde_json::Map<String, serde_json::Value>) {
     for (bert, distilbert) in DISTILBERT_KEYS {
@@ -388,6 +520,47 @@ mod tests {
         let mut c = BertConfig::tiny(10);
         c.num_attention_heads = 5;
         assert!(c.validate().unwrap_err().contains("multiple"));
+    }
+
+    fn deberta(extra: &str) -> Result<BertConfig, ModelError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let json = format!(
+            r#"{{"model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": 768,
+            "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+            "max_position_embeddings": 512, "relative_attention": true, "position_buckets": 256,
+            "max_relative_positions": -1, "norm_rel_ebd": "layer_norm", "share_att_key": true,
+            "position_biased_input": false {extra}}}"#
+        );
+        std::fs::write(&path, json).unwrap();
+        BertConfig::load(&path)
+    }
+
+    #[test]
+    fn deberta_v3_settings_are_read_with_its_defaults() {
+        let c = deberta(r#", "pos_att_type": ["p2c", "c2p"]"#).unwrap();
+        assert_eq!(c.family, Family::DebertaV2);
+        assert_eq!((c.type_vocab_size, c.layer_norm_eps), (0, 1e-7));
+        assert!(!c.position_biased_input() && c.projects_before_norm());
+        let r = c.relative_attention().unwrap();
+        assert_eq!((r.span, r.max_position), (256, 512));
+        assert!(r.log_buckets && r.content_to_position && r.position_to_content);
+        assert!(r.shared_projections && r.normalized);
+        // DeBERTa-v2's configs write the terms as one string.
+        let v2 = deberta(r#", "pos_att_type": "c2p|p2c""#).unwrap();
+        assert_eq!(v2.relative_attention(), Some(r));
+    }
+
+    #[test]
+    fn deberta_parts_not_implemented_are_named() {
+        for (extra, named) in [
+            (r#", "conv_kernel_size": 3"#, "conv_kernel_size 3"),
+            (r#", "pos_att_type": ["p2p"]"#, "pos_att_type 'p2p'"),
+            (r#", "attention_head_size": 32"#, "attention_head_size 32"),
+        ] {
+            let err = deberta(extra).unwrap_err().to_string();
+            assert!(err.contains("config.json") && err.contains(named), "{err}");
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! `qa-model`: BERT with a span head in burn, Hugging Face checkpoints in and out, and answering
+//! `qa-model`: BERT-style encoders (BERT, DistilBERT, RoBERTa, XLM-R, ELECTRA, DeBERTa-v2/v3) with a
+//! span head in burn, Hugging Face checkpoints in and out, and answering
 //! questions with a trained model.
 //!
 //! | what | module |
 //! |---|---|
 //! | `config.json` as a typed struct | [`config`] |
-//! | the encoder and span head, generic over the backend | [`bert`] |
+//! | the encoder and span head, generic over the backend (DeBERTa's relative attention in [`bert::deberta`]) | [`bert`] |
 //! | features -> padded tensors, the span loss | [`batch`] |
 //! | linear, attention, GELU, dropout, layer norm: one dispatch over the CPU paths and burn's ops | [`kernels`] |
 //! | each parameter's Hugging Face name | [`params`] |
@@ -29,7 +30,7 @@ pub mod record;
 
 pub use answering::{Answer, AnsweringSettings, Candidate, QuestionAnswerer};
 pub use bert::{BertForQuestionAnswering, BertInput, BertModel, MASKED_LOGIT, SpanLogits};
-pub use config::{Activation, BertConfig};
+pub use config::{Activation, BertConfig, Family, RelativeAttention};
 pub use device::{DeviceChoice, OnBackend, run_on};
 pub use error::ModelError;
 pub use hf::{LoadReport, LoadedModel, load_model, load_pretrained, save_pretrained};

@@ -41,6 +41,13 @@ const BERT_LAYOUT: Layout = Layout {
     output_norm: "output.LayerNorm",
 };
 
+const DEBERTA_LAYOUT: Layout = Layout {
+    query: "attention.self.query_proj",
+    key: "attention.self.key_proj",
+    value: "attention.self.value_proj",
+    ..BERT_LAYOUT
+};
+
 const DISTILBERT_LAYOUT: Layout = Layout {
     layer: "transformer.layer",
     query: "attention.q_lin",
@@ -76,6 +83,7 @@ pub(crate) fn visit_parameters<B: Backend>(
     let prefix = family.prefix();
     let layout = match family {
         Family::DistilBert => &DISTILBERT_LAYOUT,
+        Family::DebertaV2 => &DEBERTA_LAYOUT,
         _ => &BERT_LAYOUT,
     };
     let e = &mut model.bert.embeddings;
@@ -84,10 +92,12 @@ pub(crate) fn visit_parameters<B: Backend>(
         &table("word_embeddings"),
         Slot::Table(&mut e.word_embeddings.weight),
     )?;
-    f(
-        &table("position_embeddings"),
-        Slot::Table(&mut e.position_embeddings.weight),
-    )?;
+    if let Some(positions) = e.position_embeddings.first_mut() {
+        f(
+            &table("position_embeddings"),
+            Slot::Table(&mut positions.weight),
+        )?;
+    }
     if let Some(types) = e.token_type_embeddings.first_mut() {
         f(
             &table("token_type_embeddings"),
@@ -100,7 +110,11 @@ pub(crate) fn visit_parameters<B: Backend>(
         f,
     )?;
     if let Some(projection) = e.projection.first_mut() {
-        linear(&format!("{prefix}.embeddings_project"), projection, f)?;
+        let name = match family {
+            Family::DebertaV2 => "embeddings.embed_proj",
+            _ => "embeddings_project",
+        };
+        linear(&format!("{prefix}.{name}"), projection, f)?;
     }
     for (i, layer) in model.bert.layers.iter_mut().enumerate() {
         let name = |part: &str| format!("{prefix}.{}.{i}.{part}", layout.layer);
@@ -108,12 +122,27 @@ pub(crate) fn visit_parameters<B: Backend>(
         linear(&name(layout.query), &mut a.query, f)?;
         linear(&name(layout.key), &mut a.key, f)?;
         linear(&name(layout.value), &mut a.value, f)?;
+        for projection in &mut a.position_key {
+            linear(&name("attention.self.pos_key_proj"), projection, f)?;
+        }
+        for projection in &mut a.position_query {
+            linear(&name("attention.self.pos_query_proj"), projection, f)?;
+        }
         linear(&name(layout.attention_output), &mut a.output, f)?;
         layer_norm(&name(layout.attention_norm), &mut a.layer_norm, f)?;
         let ff = &mut layer.feed_forward;
         linear(&name(layout.intermediate), &mut ff.intermediate, f)?;
         linear(&name(layout.output), &mut ff.output, f)?;
         layer_norm(&name(layout.output_norm), &mut ff.layer_norm, f)?;
+    }
+    for relative in &mut model.bert.relative {
+        f(
+            &format!("{prefix}.encoder.rel_embeddings.weight"),
+            Slot::Table(&mut relative.table.weight),
+        )?;
+        for norm in &mut relative.layer_norm {
+            layer_norm(&format!("{prefix}.encoder.LayerNorm"), norm, f)?;
+        }
     }
     linear("qa_outputs", &mut model.qa_outputs, f)
 }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 
-const FAMILIES: [&str; 5] = ["bert", "distilbert", "roberta", "xlm-roberta", "electra"];
+use support::FAMILIES;
 
 #[derive(Deserialize)]
 struct Expected {
@@ -47,7 +47,7 @@ struct ExpectedLabel {
 }
 
 fn fixtures() -> PathBuf {
-    support::repo_root().join("tests/fixtures/families")
+    support::family_fixtures()
 }
 
 fn expected(family: &str) -> Expected {
@@ -94,6 +94,62 @@ fn windows_are_run_qas_for_every_family() {
             );
         }
     }
+}
+
+/// A RoBERTa directory whose tokenizer is `vocab.json` + `merges.txt` (as many hub repositories
+/// hold it) gives the same windows, ids and offsets as the same vocabulary in tokenizer.json.
+#[test]
+fn a_roberta_tokenizer_from_vocab_and_merges_windows_as_its_tokenizer_json() {
+    let source = fixtures().join("roberta");
+    let text = std::fs::read_to_string(source.join("tokenizer.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = json["model"]["vocab"].to_string();
+    std::fs::write(dir.path().join("vocab.json"), vocab).unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for pair in json["model"]["merges"].as_array().unwrap() {
+        let [a, b] = [0, 1].map(|i| pair[i].as_str().unwrap());
+        merges.push_str(&format!("{a} {b}\n"));
+    }
+    std::fs::write(dir.path().join("merges.txt"), merges).unwrap();
+    std::fs::copy(
+        source.join("tokenizer_config.json"),
+        dir.path().join("tokenizer_config.json"),
+    )
+    .unwrap();
+
+    let from_files = QaTokenizer::from_path(dir.path(), Casing::Auto).unwrap();
+    let from_json = QaTokenizer::from_path(&source, Casing::Auto).unwrap();
+    assert_eq!(from_files.special_tokens(), from_json.special_tokens());
+    let window = expected("roberta").window;
+    let ours = FeatureSet::build(&questions(), &from_files, window).unwrap();
+    let reference = FeatureSet::build(&questions(), &from_json, window).unwrap();
+    assert_eq!(ours.features.len(), reference.features.len());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (f, g) in ours.features.iter().zip(&reference.features) {
+        a.clear();
+        b.clear();
+        ours.input_ids(f, &mut a);
+        reference.input_ids(g, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(ours.window_offsets(f), reference.window_offsets(g));
+    }
+}
+
+/// A directory with only a SentencePiece model gets an error that says how to make the
+/// tokenizer.json this program reads.
+#[test]
+fn a_sentencepiece_only_tokenizer_is_refused_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spm.model"), b"not read").unwrap();
+    let err = QaTokenizer::from_path(dir.path(), Casing::Auto)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("spm.model") && err.contains("save_pretrained"),
+        "{err}"
+    );
 }
 
 /// run_qa's labels, except where it runs past the window (an answer starting in a window's last
@@ -307,7 +363,7 @@ fn mismatched_tokenizers_and_checkpoints_are_named() {
         "{err}"
     );
     assert!(
-        err.contains("bert, distilbert, roberta, xlm-roberta, electra"),
+        err.contains("bert, distilbert, roberta, xlm-roberta, electra, deberta-v2"),
         "{err}"
     );
 }

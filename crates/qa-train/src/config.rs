@@ -434,18 +434,26 @@ mod tests {
     const MINIMAL: &str =
         "model = \"m\"\ntrain_data = \"t.json\"\nevaluate_during_training = false\n";
 
+    /// The original's knobs, with its English model and with a Spanish one.
     #[test]
-    fn seed_config_loads_and_matches_the_original() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/seed.toml");
-        let c = TrainConfig::load(&path, &[]).unwrap();
-        assert_eq!(c.model, "bert-base-cased");
-        assert_eq!(c.max_seq_length, 128);
-        assert_eq!(c.num_train_epochs, 50);
-        assert_eq!(c.evaluate_during_training_steps, 1000);
-        assert_eq!(c.n_best_size, 3);
-        assert!(c.use_early_stopping);
-        assert_eq!((c.train_batch_size, c.eval_batch_size), (128, 64));
-        assert_eq!(c.manual_seed, 4);
+    fn seed_configs_load_and_match_the_original() {
+        for (file, model) in [
+            ("seed.toml", "bert-base-cased"),
+            ("spanish-beto.toml", "dccuchile/bert-base-spanish-wwm-cased"),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../configs")
+                .join(file);
+            let c = TrainConfig::load(&path, &[]).unwrap();
+            assert_eq!(c.model, model);
+            assert_eq!(c.max_seq_length, 128);
+            assert_eq!(c.num_train_epochs, 50);
+            assert_eq!(c.evaluate_during_training_steps, 1000);
+            assert_eq!(c.n_best_size, 3);
+            assert!(c.use_early_stopping);
+            assert_eq!((c.train_batch_size, c.eval_batch_size), (128, 64));
+            assert_eq!(c.manual_seed, 4);
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ const SEED: u64 = 42;
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
+use support::FAMILIES;
 
 use support::repo_root;
 
@@ -236,8 +237,8 @@ mod with_torch {
     #[test]
     #[ignore = "needs QA_TORCH_PYTHON"]
     fn every_family_trains_like_pytorch() {
-        let fixtures = repo_root().join("tests/fixtures/families");
-        for family in ["bert", "distilbert", "roberta", "xlm-roberta", "electra"] {
+        let fixtures = support::family_fixtures();
+        for family in FAMILIES {
             let bench = Bench::families();
             let init = bench.path("init");
             let mut extra = save_init("0", &init);
