@@ -81,13 +81,7 @@ fn attention_with_burn_ops<B: Backend>(
     let head_dim = hidden / heads;
     let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
     let merge = |t: Tensor<B, 4>| t.swap_dims(1, 2).reshape([batch, seq, hidden]);
-    let mask = || {
-        padding.map(|p| {
-            p.clone()
-                .reshape([batch, 1, 1, seq])
-                .expand([batch, heads, seq, seq])
-        })
-    };
+    let mask = || padded_keys(padding, heads);
     if B::ad_enabled(&q.device()) && dropout.prob > 0.0 {
         let scores = split(q).matmul(split(k).swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let scores = match mask() {
@@ -105,6 +99,20 @@ fn attention_with_burn_ops<B: Backend>(
         None,
         AttentionModuleOptions::default(),
     ))
+}
+
+/// The `[batch, seq]` padding mask as `[batch, heads, seq, seq]` attention scores see it: true
+/// where the key is padding, for every head and query.
+pub(crate) fn padded_keys<B: Backend>(
+    padding: Option<&Tensor<B, 2, Bool>>,
+    heads: usize,
+) -> Option<Tensor<B, 4, Bool>> {
+    let [batch, seq] = padding?.dims();
+    padding.map(|p| {
+        p.clone()
+            .reshape([batch, 1, 1, seq])
+            .expand([batch, heads, seq, seq])
+    })
 }
 
 /// The exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`, as BERT uses it.

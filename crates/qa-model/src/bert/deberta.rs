@@ -123,13 +123,8 @@ impl<B: Backend> Attention<B> {
             terms += 1;
         }
         let scores = scores / ((d * terms) as f64).sqrt();
-        let scores = match padding {
-            Some(p) => scores.mask_fill(
-                p.clone()
-                    .reshape([batch, 1, 1, seq])
-                    .expand([batch, heads, seq, seq]),
-                f32::MIN,
-            ),
+        let scores = match kernels::padded_keys(padding, heads) {
+            Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
             None => scores,
         };
         let probs = kernels::dropout(&self.attention_dropout, softmax(scores, 3));
