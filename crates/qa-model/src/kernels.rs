@@ -107,12 +107,14 @@ pub(crate) fn padded_keys<B: Backend>(
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
 ) -> Option<Tensor<B, 4, Bool>> {
-    let [batch, seq] = padding?.dims();
-    padding.map(|p| {
-        p.clone()
+    let padding = padding?;
+    let [batch, seq] = padding.dims();
+    Some(
+        padding
+            .clone()
             .reshape([batch, 1, 1, seq])
-            .expand([batch, heads, seq, seq])
-    })
+            .expand([batch, heads, seq, seq]),
+    )
 }
 
 /// The exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`, as BERT uses it.
