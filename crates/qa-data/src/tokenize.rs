@@ -100,8 +100,8 @@ pub const TOKENIZER_FILES: [&str; 6] = [
 const SENTENCEPIECE_FILES: [&str; 2] = ["spm.model", "sentencepiece.bpe.model"];
 
 impl QaTokenizer {
-    /// Loads from a model directory (its `tokenizer.json`, else its `vocab.txt`), a
-    /// `tokenizer.json` file or a `vocab.txt` file.
+    /// Loads from a model directory (its `tokenizer.json`, else RoBERTa's `vocab.json` +
+    /// `merges.txt`, else its `vocab.txt`), a `tokenizer.json` file or a `vocab.txt` file.
     pub fn from_path(path: impl AsRef<Path>, casing: Casing) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
@@ -152,12 +152,8 @@ impl QaTokenizer {
     /// `<s> q </s></s> c </s>`).
     pub fn from_byte_level_bpe(dir: &Path) -> Result<Self> {
         let vocab = dir.join("vocab.json");
-        let text = |p: &Path| {
-            p.to_str()
-                .map(str::to_string)
-                .ok_or_else(|| tokenizer_error(p, "path is not valid UTF-8"))
-        };
-        let model = BPE::from_file(&text(&vocab)?, &text(&dir.join("merges.txt"))?)
+        let merges = dir.join("merges.txt");
+        let model = BPE::from_file(utf8(&vocab)?, utf8(&merges)?)
             .build()
             .map_err(|e| tokenizer_error(&vocab, e))?;
         let settings = RobertaSettings::read(dir)?;
@@ -194,10 +190,7 @@ impl QaTokenizer {
     }
 
     pub fn from_vocab(path: &Path, casing: Casing) -> Result<Self> {
-        let vocab_file = path.to_str().ok_or_else(|| DataError::Tokenizer {
-            path: path.to_path_buf(),
-            message: "path is not valid UTF-8".into(),
-        })?;
+        let vocab_file = utf8(path)?;
         let lowercase = match casing {
             Casing::Lower => true,
             Casing::Cased => false,
@@ -506,6 +499,12 @@ fn is_space_local(definition: &str) -> bool {
         && kind("pre_tokenizer") == Some("BertPreTokenizer")
         && kind("model") == Some("WordPiece")
         && added_tokens_without_spaces
+}
+
+/// The path as the tokenizers library takes file names.
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| tokenizer_error(path, "path is not valid UTF-8"))
 }
 
 fn tokenizer_error(path: &Path, e: impl std::fmt::Display) -> DataError {
