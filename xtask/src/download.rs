@@ -219,11 +219,10 @@ fn fetch_checked(
             )),
         }
     }
-    let announced = fetch(asset, &dest, source, expected.as_deref(), say)?;
+    let Fetched { have, announced } = fetch(asset, &dest, source, expected.as_deref(), say)?;
     if expected.is_some() {
         return Ok(());
     }
-    let have = sha256_file(&dest)?;
     if let Some(announced) = announced
         && announced != have
     {
@@ -380,15 +379,21 @@ fn first_available<'a>(
     Ok(None)
 }
 
+/// What [`fetch`] put in place: its SHA-256, and the one the server announced, if any.
+struct Fetched {
+    have: String,
+    announced: Option<String>,
+}
+
 /// Downloads one asset to `dest` through `dest.part` (resumed when present), verifies the hash
-/// when known, then renames it into place. Returns the SHA-256 the server announced, if any.
+/// when known, then renames it into place.
 fn fetch(
     asset: &Asset,
     dest: &Path,
     source: &Source,
     expected: Option<&str>,
     say: &dyn Fn(String),
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Fetched> {
     let parent = dest.parent().context("asset path has a parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let part = dest.with_extension(format!(
@@ -428,7 +433,7 @@ fn fetch(
     std::fs::rename(&part, dest)
         .with_context(|| format!("moving {} into place", part.display()))?;
     say(format!("{}: ok ({have})", asset.key));
-    Ok(announced)
+    Ok(Fetched { have, announced })
 }
 
 /// HTTP GET into `part`, continuing where an earlier attempt stopped (`Range`). Fails when the
