@@ -8,8 +8,12 @@ use anyhow::{Context, bail};
 
 use crate::{cargo, qa, run_json, say, shared_dir, target_dir, workspace_root};
 
-const BEGIN: &str = "<!-- xtask bench: begin -->";
-const END: &str = "<!-- xtask bench: end -->";
+/// The generated blocks of docs/benchmarks.md: (begin, end) markers.
+const KERNELS: (&str, &str) = ("<!-- xtask bench: begin -->", "<!-- xtask bench: end -->");
+const SERVING: (&str, &str) = (
+    "<!-- xtask bench serving: begin -->",
+    "<!-- xtask bench serving: end -->",
+);
 
 /// A criterion benchmark: its group and function names, what it measures, and the reference on
 /// this machine.
@@ -96,13 +100,35 @@ impl CriterionBench {
     }
 }
 
-pub fn run(write: bool) -> anyhow::Result<()> {
+/// Every benchmark, or only the serving section; each block written into docs/benchmarks.md
+/// when `write`.
+pub fn run(write: bool, serving_only: bool) -> anyhow::Result<()> {
     let shared = shared_dir("benchmarks")?;
+    if !serving_only {
+        let table = kernels_and_training(&shared)?;
+        publish(&table, KERNELS, write)?;
+    }
+    let serving = crate::serving::run(&shared)?;
+    publish(&serving, SERVING, write)
+}
+
+fn publish(block: &str, markers: (&str, &str), write: bool) -> anyhow::Result<()> {
+    println!("{block}");
+    if write {
+        let path = workspace_root().join("docs/benchmarks.md");
+        replace_generated(&path, markers, block)?;
+        say(format!("updated {}", path.display()));
+    }
+    Ok(())
+}
+
+/// The criterion benchmarks and the training throughput, each beside its PyTorch reference.
+fn kernels_and_training(shared: &Path) -> anyhow::Result<String> {
     for (package, bench) in [("qa-data", "windowing"), ("qa-model", "inference")] {
         say(format!("cargo bench -p {package} --bench {bench}"));
         let status = cargo()
             .args(["bench", "-p", package, "--bench", bench])
-            .env("QA_SHARED_DIR", &shared)
+            .env("QA_SHARED_DIR", shared)
             .stdout(Stdio::inherit())
             .status()?;
         if !status.success() {
@@ -173,14 +199,7 @@ pub fn run(write: bool) -> anyhow::Result<()> {
         },
     ));
 
-    let table = render(&rows);
-    println!("{table}");
-    if write {
-        let path = workspace_root().join("docs/benchmarks.md");
-        replace_generated(&path, &table)?;
-        say(format!("updated {}", path.display()));
-    }
-    Ok(())
+    Ok(render(&rows))
 }
 
 /// A PyTorch reference measured now by `tests/parity/<script>` when `QA_TORCH_PYTHON` names a
@@ -219,7 +238,8 @@ fn human(ns: f64) -> String {
     }
 }
 
-fn render(rows: &[(String, String, String)]) -> String {
+/// "Last `COMMAND`: date, CPU, cores." for the head of a generated block.
+pub fn machine_line(command: &str) -> String {
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
@@ -238,8 +258,13 @@ fn render(rows: &[(String, String, String)]) -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
+    format!("Last `{command}`: {date}, {cpu}, {cores} cores.")
+}
+
+fn render(rows: &[(String, String, String)]) -> String {
     let mut s = format!(
-        "Last `cargo xtask bench`: {date}, {cpu}, {cores} cores.\n\n| benchmark | this project | reference (same machine) |\n|---|---|---|\n"
+        "{}\n\n| benchmark | this project | reference (same machine) |\n|---|---|---|\n",
+        machine_line("cargo xtask bench")
     );
     for (what, ours, reference) in rows {
         s.push_str(&format!("| {what} | {ours} | {reference} |\n"));
@@ -248,11 +273,11 @@ fn render(rows: &[(String, String, String)]) -> String {
 }
 
 /// Replaces the text between the markers of `path` (appending them when missing).
-fn replace_generated(path: &Path, table: &str) -> anyhow::Result<()> {
+fn replace_generated(path: &Path, (begin, end): (&str, &str), table: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{table}{END}");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
+    let block = format!("{begin}\n{table}{end}");
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
         _ => format!("{old}\n{block}\n"),
     };
     crate::download::write_atomic(path, new.as_bytes())
@@ -277,6 +302,9 @@ mod tests {
         );
     }
 
+    const BEGIN: &str = KERNELS.0;
+    const END: &str = KERNELS.1;
+
     #[test]
     fn generated_block_is_replaced_in_place() {
         let dir = tempfile::tempdir().unwrap();
@@ -286,12 +314,17 @@ mod tests {
             format!("# Bench\nintro\n{BEGIN}\nold\n{END}\noutro\n"),
         )
         .unwrap();
-        replace_generated(&path, "new\n").unwrap();
+        replace_generated(&path, KERNELS, "new\n").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
             format!("# Bench\nintro\n{BEGIN}\nnew\n{END}\noutro\n")
         );
+        // Another block goes after it, and leaves it alone.
+        replace_generated(&path, SERVING, "served\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&format!("# Bench\nintro\n{BEGIN}\nnew\n{END}\noutro\n")));
+        assert!(text.ends_with(&format!("{}\nserved\n{}\n", SERVING.0, SERVING.1)));
         assert_eq!(human(2.5e9), "2.50 s");
         assert_eq!(human(21.6e6), "21.6 ms");
     }

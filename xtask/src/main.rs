@@ -3,12 +3,14 @@
 //! - `download`: datasets and models into the cache, checked and resumable.
 //! - `train`: download what is missing, train, evaluate against the untrained baseline, and write
 //!   a report. With no arguments it runs `configs/quickstart.toml`.
-//! - `bench`: the benchmarks of every crate in one run, written into `docs/benchmarks.md`.
+//! - `bench`: the benchmarks of every crate in one run, written into `docs/benchmarks.md`; the
+//!   serving section (`qa serve` under load) alone with `--serving-only`.
 //! - `gpu-kit`: the binary, model and data a run on the lent GPU machine needs, in `gpu-carry/`.
 
 mod bench;
 mod download;
 mod gpu_kit;
+mod serving;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +56,9 @@ enum Command {
         /// Only print the results.
         #[arg(long)]
         no_write: bool,
+        /// Only the serving section (`qa serve` under load against the Python answerer).
+        #[arg(long)]
+        serving_only: bool,
     },
     /// Put what `xtask/gpu-run.sh` needs on the GPU machine into one folder to carry there.
     /// The MiniLM and SQuAD v1.1 files come from `$QA_SHARED_DIR` (default `../shared`).
@@ -168,7 +173,10 @@ fn main() -> std::process::ExitCode {
             overrides,
             mirror,
         } => train::run(&config, &overrides, mirror.as_deref()),
-        Command::Bench { no_write } => bench::run(!no_write),
+        Command::Bench {
+            no_write,
+            serving_only,
+        } => bench::run(!no_write, serving_only),
         Command::GpuKit { out, force } => gpu_kit::run(&out, force),
     };
     match result {

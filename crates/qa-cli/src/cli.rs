@@ -1,6 +1,7 @@
 //! The command line, declared with clap.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
@@ -240,10 +241,86 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
-    /// Longest accepted context, in characters.
+    /// Longest accepted context, in characters (longer: 413).
     #[arg(long, default_value_t = 100_000)]
     pub max_context_chars: usize,
-    /// Most questions per request.
+    /// Most questions per request (more: 422).
     #[arg(long, default_value_t = 32)]
     pub max_questions: usize,
+    /// Answer requests admitted at once, from arrival to answer; beyond it: 429 with
+    /// Retry-After, before the body is read.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+    /// Windows waiting for the model, all requests together; a request that would pass it gets
+    /// 429 (413 when it alone needs more). Work the model could not finish within
+    /// --request-timeout at its measured speed is refused with 429 too.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queued_windows: u32,
+    /// Windows per forward pass, from any requests (1: no batching across requests)
+    /// [default: 1 on the CPU, where batching does not pay, 64 on a GPU].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_windows: Option<u32>,
+    /// Padded tokens per forward pass (longest window x windows); a longer window runs alone
+    /// [default: 2048 on the CPU, 16384 on a GPU].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: Option<u32>,
+    /// Padding allowed in a forward pass, as a fraction of its real tokens: windows far from
+    /// the oldest in length wait for a batch of their own.
+    #[arg(long, default_value_t = 0.25, value_parser = non_negative)]
+    pub max_batch_padding: f64,
+    /// How long an idle model waits for a batch to fill (e.g. 2ms, 0ms).
+    #[arg(long, default_value = "2ms", value_parser = parse_duration)]
+    pub max_batch_delay: Duration,
+    /// A request not answered within this gets 503 and its queued windows are dropped.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// On SIGTERM or Ctrl-C: stop accepting, answer what is in flight for at most this long,
+    /// then exit 0.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{text:?} is not a number >= 0")),
+    }
+}
+
+/// A duration with its unit: `250ms`, `2s`, `1.5s`, `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 250ms, 2s or 1m"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("{text:?}: unknown unit {other:?}; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("3h").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("1.2.3s")
+                .unwrap_err()
+                .contains("not a number")
+        );
+    }
 }

@@ -25,10 +25,14 @@ use qa_data::{
 };
 use serde::Serialize;
 
-pub use run::{Batching, Evaluation, FeatureOutputs, evaluate_features, predictions, run_features};
+pub use run::{
+    Batching, Evaluation, FeatureOutputs, WindowLogits, evaluate_features, predictions,
+    run_features, run_windows,
+};
 pub use sentence::sentence_around;
 pub use settings::{AnsweringSettings, SETTINGS_FILE};
 
+use crate::batch::Window;
 use crate::bert::BertForQuestionAnswering;
 use crate::config::BertConfig;
 use crate::error::ModelError;
@@ -44,6 +48,27 @@ pub struct QuestionAnswerer<B: Backend> {
     /// Features per forward pass.
     pub batch_size: usize,
     device: B::Device,
+}
+
+/// Questions about one context, checked, tokenized and cut into windows: what
+/// [`QuestionAnswerer::prepare`] hands to the model and [`QuestionAnswerer::finish`] decodes.
+pub struct Prepared {
+    dataset: Dataset,
+    features: FeatureSet,
+    top_k: usize,
+}
+
+impl Prepared {
+    /// Every window of every question, in order.
+    pub fn windows(&self) -> Vec<Window> {
+        (0..self.features.features.len())
+            .map(|i| Window::of(&self.features, i))
+            .collect()
+    }
+
+    pub fn window_count(&self) -> usize {
+        self.features.features.len()
+    }
 }
 
 /// One answer, with its place in the context and the runners-up.
@@ -131,21 +156,57 @@ impl<B: Backend> QuestionAnswerer<B> {
         questions: &[impl AsRef<str>],
         top_k: usize,
     ) -> Result<Vec<Answer>, ModelError> {
+        let prepared = self.prepare(context, questions, top_k)?;
+        let outputs = run_features(
+            &self.model,
+            &prepared.features,
+            self.batching(),
+            false,
+            &self.device,
+        );
+        Ok(self.finish(&prepared, &outputs))
+    }
+
+    /// The first step of [`Self::answer`], which needs no model: checks the request, tokenizes
+    /// it and cuts it into windows. A server runs it beside the model and batches the windows of
+    /// many requests through [`Self::forward_windows`].
+    pub fn prepare(
+        &self,
+        context: &str,
+        questions: &[impl AsRef<str>],
+        top_k: usize,
+    ) -> Result<Prepared, ModelError> {
         check_request(context, questions, top_k)?;
         let dataset = adhoc_dataset(context, questions);
         let features = FeatureSet::build(&dataset, &self.tokenizer, self.settings.window)?;
-        let outputs = run_features(&self.model, &features, self.batching(), false, &self.device);
+        Ok(Prepared {
+            dataset,
+            features,
+            top_k,
+        })
+    }
+
+    /// One forward pass over windows of any prepared requests (padded to the longest).
+    pub fn forward_windows(&self, windows: &[&Window]) -> Vec<WindowLogits> {
+        let pad = self.tokenizer.special_tokens().pad;
+        run_windows(&self.model, windows, pad, &self.device)
+    }
+
+    /// The last step of [`Self::answer`]: decodes the logits of every window of `prepared` (in
+    /// the order of [`Prepared::windows`]) into answers.
+    pub fn finish(&self, prepared: &Prepared, outputs: &FeatureOutputs) -> Vec<Answer> {
         let decode = DecodeConfig {
-            n_best_size: self.settings.decode.n_best_size.max(top_k),
+            n_best_size: self.settings.decode.n_best_size.max(prepared.top_k),
             ..self.settings.decode
         };
-        let predictions = predictions(&dataset, &features, &outputs, &decode);
-        Ok(predictions
+        let predictions = predictions(&prepared.dataset, &prepared.features, outputs, &decode);
+        let context = &prepared.dataset.contexts[0];
+        predictions
             .examples
             .iter()
-            .zip(questions)
-            .map(|(p, q)| Answer::new(context, q.as_ref(), p, top_k))
-            .collect())
+            .zip(&prepared.dataset.examples)
+            .map(|(p, e)| Answer::new(context, &e.question, p, prepared.top_k))
+            .collect()
     }
 
     /// Predicts every question of `dataset` and scores the answers with the official metric of
@@ -310,6 +371,62 @@ mod tests {
                 .collect();
             assert_eq!(a.sentence, sentence);
             assert!(a.sentence_start <= a.start && a.end <= a.sentence_start + sentence.len());
+        }
+    }
+
+    #[test]
+    fn windows_of_several_requests_batched_together_give_the_same_answers() {
+        let dir = tiny_model_dir();
+        let mut answerer =
+            QuestionAnswerer::<CpuBackend>::load(dir.path(), Default::default()).unwrap();
+        // Short windows, so a request has several and they differ in length.
+        let mut settings = *answerer.settings();
+        settings.window.max_seq_length = 16;
+        settings.window.max_query_length = 8;
+        settings.window.doc_stride = 4;
+        answerer = answerer.with_settings(settings).unwrap();
+        let requests = [
+            (CONTEXT, vec!["When was the tower built?", "What is Paris?"]),
+            ("The tower was built in 1889.", vec!["What was built?"]),
+        ];
+        let alone: Vec<Vec<Answer>> = requests
+            .iter()
+            .map(|(c, q)| answerer.answer(c, q, 3).unwrap())
+            .collect();
+        let prepared: Vec<Prepared> = requests
+            .iter()
+            .map(|(c, q)| answerer.prepare(c, q, 3).unwrap())
+            .collect();
+        let windows: Vec<Vec<Window>> = prepared.iter().map(Prepared::windows).collect();
+        assert!(windows[0].len() > 2, "{} windows", windows[0].len());
+        // Every window of both requests in one forward pass, interleaved.
+        let mut all: Vec<(usize, usize)> = Vec::new();
+        for (r, w) in windows.iter().enumerate() {
+            all.extend((0..w.len()).map(|i| (r, i)));
+        }
+        all.reverse();
+        let batch: Vec<&Window> = all.iter().map(|&(r, i)| &windows[r][i]).collect();
+        let logits = answerer.forward_windows(&batch);
+        for (r, p) in prepared.iter().enumerate() {
+            let mut mine: Vec<(usize, WindowLogits)> = all
+                .iter()
+                .zip(&logits)
+                .filter(|((rr, _), _)| *rr == r)
+                .map(|(&(_, i), l)| (i, l.clone()))
+                .collect();
+            mine.sort_by_key(|(i, _)| *i);
+            let outputs = FeatureOutputs::from_windows(mine.into_iter().map(|(_, l)| l).collect());
+            let batched = answerer.finish(p, &outputs);
+            for (a, b) in alone[r].iter().zip(&batched) {
+                assert_eq!((&a.answer, a.start, a.end), (&b.answer, b.start, b.end));
+                assert!(
+                    (a.score - b.score).abs() < 1e-5,
+                    "{} vs {}",
+                    a.score,
+                    b.score
+                );
+                assert_eq!(a.candidates.len(), b.candidates.len());
+            }
         }
     }
 

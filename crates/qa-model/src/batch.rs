@@ -19,6 +19,36 @@ pub struct HostBatch {
     ends: Vec<i32>,
 }
 
+/// One window's tokens as the model reads them, cut from a request's features: the unit a
+/// server batches across requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+}
+
+impl Window {
+    /// The window of `features.features[index]`.
+    pub fn of(features: &FeatureSet, index: usize) -> Self {
+        let f = &features.features[index];
+        let mut window = Window {
+            input_ids: Vec::new(),
+            token_type_ids: Vec::new(),
+        };
+        features.input_ids(f, &mut window.input_ids);
+        features.token_type_ids(f, &mut window.token_type_ids);
+        window
+    }
+
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+}
+
 impl HostBatch {
     /// Assembles `indices` of `features`, padded to the longest or to `pad_to` when given.
     pub fn new(features: &FeatureSet, indices: &[usize], pad_to: Option<usize>) -> Self {
@@ -27,18 +57,7 @@ impl HostBatch {
             .map(|&i| features.seq_len(&features.features[i]))
             .max()
             .unwrap_or(0);
-        let len = pad_to.unwrap_or(longest).max(longest);
-        let pad = features.special.pad as i32;
-        let size = indices.len();
-        let mut batch = HostBatch {
-            size,
-            len,
-            input_ids: Vec::with_capacity(size * len),
-            token_type_ids: Vec::with_capacity(size * len),
-            padding: Vec::with_capacity(size * len),
-            starts: Vec::with_capacity(size),
-            ends: Vec::with_capacity(size),
-        };
+        let mut batch = Self::empty(indices.len(), pad_to.unwrap_or(longest).max(longest));
         let (mut ids, mut types) = (Vec::new(), Vec::new());
         for &i in indices {
             let f = &features.features[i];
@@ -46,22 +65,53 @@ impl HostBatch {
             types.clear();
             features.input_ids(f, &mut ids);
             features.token_type_ids(f, &mut types);
-            let real = ids.len();
-            batch.input_ids.extend(ids.iter().map(|&t| t as i32));
-            batch.input_ids.extend(std::iter::repeat_n(pad, len - real));
-            batch.token_type_ids.extend(types.iter().map(|&t| t as i32));
-            batch
-                .token_type_ids
-                .extend(std::iter::repeat_n(0, len - real));
-            batch.padding.extend(std::iter::repeat_n(false, real));
-            batch.padding.extend(std::iter::repeat_n(true, len - real));
             // Features without a label (unaligned answers) are never trained on; in evaluation
             // loss they count as "no answer here".
-            let (s, e) = f.label.unwrap_or((0, 0));
-            batch.starts.push(s as i32);
-            batch.ends.push(e as i32);
+            batch.push(
+                &ids,
+                &types,
+                f.label.unwrap_or((0, 0)),
+                features.special.pad,
+            );
         }
         batch
+    }
+
+    /// Windows of any requests, padded with `pad` to the longest; unlabelled.
+    pub fn of_windows(windows: &[&Window], pad: u32) -> Self {
+        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        let mut batch = Self::empty(windows.len(), longest);
+        for w in windows {
+            batch.push(&w.input_ids, &w.token_type_ids, (0, 0), pad);
+        }
+        batch
+    }
+
+    fn empty(size: usize, len: usize) -> Self {
+        HostBatch {
+            size,
+            len,
+            input_ids: Vec::with_capacity(size * len),
+            token_type_ids: Vec::with_capacity(size * len),
+            padding: Vec::with_capacity(size * len),
+            starts: Vec::with_capacity(size),
+            ends: Vec::with_capacity(size),
+        }
+    }
+
+    /// Appends one row, padded to the batch's length.
+    fn push(&mut self, ids: &[u32], types: &[u32], label: (u32, u32), pad: u32) {
+        let (real, len) = (ids.len(), self.len);
+        self.input_ids.extend(ids.iter().map(|&t| t as i32));
+        self.input_ids
+            .extend(std::iter::repeat_n(pad as i32, len - real));
+        self.token_type_ids.extend(types.iter().map(|&t| t as i32));
+        self.token_type_ids
+            .extend(std::iter::repeat_n(0, len - real));
+        self.padding.extend(std::iter::repeat_n(false, real));
+        self.padding.extend(std::iter::repeat_n(true, len - real));
+        self.starts.push(label.0 as i32);
+        self.ends.push(label.1 as i32);
     }
 
     pub fn input<B: Backend>(&self, device: &B::Device) -> BertInput<B> {

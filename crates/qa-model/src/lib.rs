@@ -28,7 +28,10 @@ pub mod kernels;
 pub mod params;
 pub mod record;
 
-pub use answering::{Answer, AnsweringSettings, Candidate, QuestionAnswerer};
+pub use answering::{
+    Answer, AnsweringSettings, Candidate, FeatureOutputs, Prepared, QuestionAnswerer, WindowLogits,
+};
+pub use batch::Window;
 pub use bert::{BertForQuestionAnswering, BertInput, BertModel, MASKED_LOGIT, SpanLogits};
 pub use config::{Activation, BertConfig, Family, RelativeAttention};
 pub use device::{DeviceChoice, OnBackend, run_on};

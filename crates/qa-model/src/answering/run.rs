@@ -7,14 +7,33 @@ use qa_data::decode::{FeatureLogits, decode};
 use qa_data::metrics::{SquadScores, evaluate};
 use qa_data::{DataError, Dataset, DecodeConfig, FeatureSet, Predictions};
 
-use crate::batch::{HostBatch, span_loss};
-use crate::bert::BertForQuestionAnswering;
+use crate::batch::{HostBatch, Window, span_loss};
+use crate::bert::{BertForQuestionAnswering, SpanLogits};
 
 /// Per-feature logits (unpadded) and, when asked, the mean span loss.
 pub struct FeatureOutputs {
     pub start: Vec<Vec<f32>>,
     pub end: Vec<Vec<f32>>,
     pub loss: Option<f64>,
+}
+
+/// One window's start and end logits, without padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowLogits {
+    pub start: Vec<f32>,
+    pub end: Vec<f32>,
+}
+
+impl FeatureOutputs {
+    /// Outputs assembled from per-window logits in feature order.
+    pub fn from_windows(windows: Vec<WindowLogits>) -> Self {
+        let (start, end) = windows.into_iter().map(|w| (w.start, w.end)).unzip();
+        FeatureOutputs {
+            start,
+            end,
+            loss: None,
+        }
+    }
 }
 
 /// How features go through the model.
@@ -48,12 +67,12 @@ pub fn run_features<B: Backend>(
             loss_sum += loss as f64 * chunk.len() as f64;
             loss_count += chunk.len();
         }
-        let (s, e) = (host(logits.start), host(logits.end));
-        for (row, &i) in chunk.iter().enumerate() {
-            let len = features.seq_len(&features.features[i]);
-            let at = row * batch.len;
-            start[i] = s[at..at + len].to_vec();
-            end[i] = e[at..at + len].to_vec();
+        let lens = chunk
+            .iter()
+            .map(|&i| features.seq_len(&features.features[i]));
+        for (&i, w) in chunk.iter().zip(unpad(logits, batch.len, lens)) {
+            start[i] = w.start;
+            end[i] = w.end;
         }
     }
     FeatureOutputs {
@@ -61,6 +80,36 @@ pub fn run_features<B: Backend>(
         end,
         loss: (with_loss && loss_count > 0).then(|| loss_sum / loss_count as f64),
     }
+}
+
+/// One forward pass over windows of any requests, padded to the longest; logits per window.
+pub fn run_windows<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    windows: &[&Window],
+    pad: u32,
+    device: &B::Device,
+) -> Vec<WindowLogits> {
+    let batch = HostBatch::of_windows(windows, pad);
+    let logits = model.forward(&batch.input(device));
+    unpad(logits, batch.len, windows.iter().map(|w| w.len()))
+}
+
+/// Each row's first `len` logits of a batch padded to `padded`.
+fn unpad<B: Backend>(
+    logits: SpanLogits<B>,
+    padded: usize,
+    lens: impl Iterator<Item = usize>,
+) -> Vec<WindowLogits> {
+    let (s, e) = (host(logits.start), host(logits.end));
+    lens.enumerate()
+        .map(|(row, len)| {
+            let at = row * padded;
+            WindowLogits {
+                start: s[at..at + len].to_vec(),
+                end: e[at..at + len].to_vec(),
+            }
+        })
+        .collect()
 }
 
 fn host<B: Backend>(t: burn::tensor::Tensor<B, 2>) -> Vec<f32> {
