@@ -75,10 +75,12 @@ impl Backlog {
         Ok(())
     }
 
+    /// Work that ran or was dropped. Removing more than was admitted is a bug, caught in tests.
     pub fn remove(&self, work: Work) {
         let mut queued = lock(&self.queued);
-        queued.windows -= work.windows;
-        queued.tokens -= work.tokens;
+        debug_assert!(queued.windows >= work.windows && queued.tokens >= work.tokens);
+        queued.windows = queued.windows.saturating_sub(work.windows);
+        queued.tokens = queued.tokens.saturating_sub(work.tokens);
     }
 
     pub fn queued(&self) -> Work {

@@ -57,6 +57,14 @@ impl Histogram {
     }
 }
 
+/// One counter or gauge with its help line.
+fn scalar(out: &mut String, kind: &str, name: &str, help: &str, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
 struct Inner {
     requests: BTreeMap<(&'static str, u16), u64>,
     request_seconds: Histogram,
@@ -163,10 +171,7 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            scalar(&mut out, "counter", name, help, value);
         }
         let gauges = [
             (
@@ -191,10 +196,7 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+            scalar(&mut out, "gauge", name, help, value);
         }
         out
     }
