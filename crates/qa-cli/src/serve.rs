@@ -25,7 +25,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use burn::tensor::backend::Backend;
-use qa_model::{Answer, FeatureOutputs, ModelError, OnBackend, Prepared, QuestionAnswerer, Window};
+use qa_model::{Answer, FeatureOutputs, ModelError, OnBackend, QuestionAnswerer, Window};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -427,12 +427,17 @@ async fn answer<B: Backend>(
     let Json(request) = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     let ask = state.limits.check(request)?;
     let answerer = state.answerer.clone();
-    let prepared = blocking(move || answerer.prepare(&ask.context, &ask.questions, ask.n_best))
-        .await?
-        .map_err(ApiError::from_model)?;
+    // Tokenizing and cutting the windows out stay off the async threads.
+    let (prepared, windows) = blocking(move || {
+        let prepared = answerer.prepare(&ask.context, &ask.questions, ask.n_best)?;
+        let windows = prepared.windows();
+        Ok((prepared, windows))
+    })
+    .await?
+    .map_err(ApiError::from_model)?;
     let tokenization = started.elapsed();
     let deadline = tokio::time::Instant::from_std(started + state.limits.request_timeout);
-    let done = state.infer(&prepared, deadline).await?;
+    let done = state.infer(windows, deadline).await?;
     let answerer = state.answerer.clone();
     let (queue, inference) = (done.queue, done.inference);
     let answers =
@@ -451,14 +456,13 @@ async fn answer<B: Backend>(
 }
 
 impl<B: Backend> AppState<B> {
-    /// Queues the windows of `prepared` for the model and waits for their logits until
-    /// `deadline`; on the way out (timeout, or the client gone) its queued windows are dropped.
+    /// Queues a request's windows for the model and waits for their logits until `deadline`; on
+    /// the way out (timeout, or the client gone) its queued windows are dropped.
     async fn infer(
         &self,
-        prepared: &Prepared,
+        windows: Vec<Window>,
         deadline: tokio::time::Instant,
     ) -> Result<Done, ApiError> {
-        let windows = prepared.windows();
         let work = Work {
             windows: windows.len(),
             tokens: windows.iter().map(Window::len).sum(),

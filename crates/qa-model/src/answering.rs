@@ -65,10 +65,6 @@ impl Prepared {
             .map(|i| Window::of(&self.features, i))
             .collect()
     }
-
-    pub fn window_count(&self) -> usize {
-        self.features.features.len()
-    }
 }
 
 /// One answer, with its place in the context and the runners-up.
