@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use qa_data::{MisalignedPolicy, WindowConfig};
-use qa_model::{AnsweringSettings, DeviceChoice};
+use qa_model::{AnsweringSettings, DeviceChoice, Precision};
 
 #[derive(Parser)]
 #[command(
@@ -42,10 +42,16 @@ pub enum DataCommand {
     Check(DataCheckArgs),
 }
 
-/// `--device auto|cuda|cpu`, its values listed in `--help`.
+/// `--device auto|cuda|wgpu|cpu`, its values listed in `--help`.
 fn device_parser() -> impl TypedValueParser<Value = DeviceChoice> {
     PossibleValuesParser::new(DeviceChoice::ALL.map(DeviceChoice::name))
         .map(|name| name.parse().expect("a listed device"))
+}
+
+/// `--precision f32|bf16`, its values listed in `--help`.
+fn precision_parser() -> impl TypedValueParser<Value = Precision> {
+    PossibleValuesParser::new(Precision::ALL.map(Precision::name))
+        .map(|name| name.parse().expect("a listed precision"))
 }
 
 /// `--misaligned realign|skip|error`, its values listed in `--help`.
@@ -136,6 +142,9 @@ pub struct EvaluateArgs {
     pub seed: u64,
     #[arg(long, default_value = "auto", value_parser = device_parser())]
     pub device: DeviceChoice,
+    /// Matrix products in f32, or in bf16 with f32 weights (a GPU with bf16: CUDA on Ampere+).
+    #[arg(long, default_value = "f32", value_parser = precision_parser())]
+    pub precision: Precision,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -152,6 +161,9 @@ pub struct TrainArgs {
     /// Continue the run in output_dir from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// The config's `precision` for this run: f32, or bf16 matrix products with f32 weights.
+    #[arg(long, value_parser = precision_parser())]
+    pub precision: Option<Precision>,
     /// Print the final summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -191,9 +203,12 @@ pub struct ModelArgs {
     pub n_best: usize,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Where the model runs: CUDA when a GPU is usable under auto.
+    /// Where the model runs: CUDA when a GPU is usable under auto, else a hardware wgpu adapter.
     #[arg(long, default_value = "auto", value_parser = device_parser())]
     pub device: DeviceChoice,
+    /// Matrix products in f32, or in bf16 with f32 weights (a GPU with bf16: CUDA on Ampere+).
+    #[arg(long, default_value = "f32", value_parser = precision_parser())]
+    pub precision: Precision,
 }
 
 #[derive(Args)]

@@ -89,7 +89,9 @@ impl OnBackend for ModelEvaluation<'_> {
             );
         }
         let settings = settings(args, *answerer.settings());
-        let mut answerer = answerer.with_settings(settings)?;
+        let mut answerer = answerer
+            .with_settings(settings)?
+            .with_precision(args.precision)?;
         answerer.batch_size = args.batch_size;
         let evaluation = answerer.evaluate(self.dataset)?;
         let written = evaluation.predictions.write(out, args.overwrite)?;

@@ -16,7 +16,9 @@ pub fn load_answerer<B: Backend>(
     let load = || {
         let answerer = QuestionAnswerer::<B>::load(&args.model, device)?;
         let settings = args.decode.over(*answerer.settings());
-        answerer.with_settings(settings)
+        answerer
+            .with_settings(settings)?
+            .with_precision(args.precision)
     };
     load().with_context(|| format!("loading the model in {}", args.model.display()))
 }

@@ -5,7 +5,11 @@ use qa_train::{RunOptions, TrainConfig};
 use crate::cli::TrainArgs;
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    let config = TrainConfig::load(&args.config, &args.overrides)?;
+    let mut overrides = args.overrides.clone();
+    if let Some(precision) = args.precision {
+        overrides.push(format!("precision=\"{precision}\""));
+    }
+    let config = TrainConfig::load(&args.config, &overrides)?;
     let options = RunOptions {
         resume: args.resume,
         halt_after_steps: None,

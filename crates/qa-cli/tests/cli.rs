@@ -182,6 +182,37 @@ fn predict_answers_with_spans_in_the_context() {
     assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
 }
 
+/// `--precision bf16` answers on the CPU (burn-flex runs bf16) with the same kind of answers;
+/// `--device wgpu` in a build without the feature is an error saying so, not a crash.
+#[test]
+fn precision_and_device_flags_reach_the_model_or_say_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let predict = |extra: &[&str]| {
+        run(qa()
+            .args(["predict", "--json", "--context", CONTEXT])
+            .args(["--question", "When was the tower built?", "--model"])
+            .arg(&model)
+            .args(extra))
+    };
+    for precision in ["f32", "bf16"] {
+        let out = predict(&["--device", "cpu", "--precision", precision]);
+        assert!(out.status.success(), "{precision}: {}", stderr(&out));
+        let answers: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(answers.len(), 1, "{precision}");
+        assert!(answers[0]["answer"].is_string(), "{precision}");
+    }
+    if cfg!(not(feature = "wgpu")) {
+        let out = predict(&["--device", "wgpu"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("built without the `wgpu` feature"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn evaluate_with_a_model_writes_prediction_files_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
@@ -347,10 +378,15 @@ fn help_lists_the_values_of_every_choice() {
         assert!(out.status.success());
         let help = stdout(&out);
         assert!(
-            help.contains("[default: auto]") && help.contains("[possible values: auto, cuda, cpu]"),
+            help.contains("[default: auto]")
+                && help.contains("[possible values: auto, cuda, wgpu, cpu]")
+                && help.contains("[default: f32]")
+                && help.contains("[possible values: f32, bf16]"),
             "qa {command} --help:\n{help}"
         );
     }
+    let help = stdout(&run(qa().args(["train", "--help"])));
+    assert!(help.contains("[possible values: f32, bf16]"), "{help}");
     let help = stdout(&run(qa().args(["data", "check", "--help"])));
     assert!(
         help.contains("[possible values: realign, skip, error]"),

@@ -37,6 +37,7 @@ use crate::bert::BertForQuestionAnswering;
 use crate::config::BertConfig;
 use crate::error::ModelError;
 use crate::hf::{LoadReport, load_model};
+use crate::precision::Precision;
 
 /// A model with its tokenizer and answering settings, ready to answer on its device.
 pub struct QuestionAnswerer<B: Backend> {
@@ -141,6 +142,16 @@ impl<B: Backend> QuestionAnswerer<B> {
             .check(&self.config)
             .map_err(|message| ModelError::Input(format!("answering settings: {message}")))?;
         self.settings = settings;
+        Ok(self)
+    }
+
+    /// Answers with the model's matrix products in `precision`; refused where the backend
+    /// cannot run it.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self, ModelError> {
+        precision
+            .check::<B>(&self.device)
+            .map_err(ModelError::Input)?;
+        self.model = self.model.with_precision(precision);
         Ok(self)
     }
 

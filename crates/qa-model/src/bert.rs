@@ -18,6 +18,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::{Activation, BertConfig, RelativeAttention};
 use crate::kernels;
+use crate::precision::Precision;
 use deberta::{Relative, RelativeEmbeddings};
 
 /// One batch of model inputs, padded to a common length.
@@ -89,7 +90,7 @@ pub struct Embeddings<B: Backend> {
 }
 
 impl<B: Backend> Embeddings<B> {
-    fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
+    fn forward(&self, input: &BertInput<B>, precision: Precision) -> Tensor<B, 3> {
         let input_ids = input.input_ids.clone();
         let token_type_ids = input.token_type_ids.clone();
         if self.projects_before_norm {
@@ -97,6 +98,7 @@ impl<B: Backend> Embeddings<B> {
                 input_ids,
                 token_type_ids,
                 input.padding_mask.as_ref(),
+                precision,
             );
         }
         let [_, seq] = input_ids.dims();
@@ -116,7 +118,7 @@ impl<B: Backend> Embeddings<B> {
         let x = kernels::add_layer_norm(&self.layer_norm, x, positions, self.layer_norm_eps);
         let x = kernels::dropout(&self.dropout, x);
         match self.projection.first() {
-            Some(projection) => kernels::linear(projection, x),
+            Some(projection) => kernels::linear(projection, x, precision),
             None => x,
         }
     }
@@ -140,6 +142,7 @@ impl<B: Backend> Embeddings<B> {
         input_ids: Tensor<B, 2, Int>,
         token_type_ids: Tensor<B, 2, Int>,
         padding: Option<&Tensor<B, 2, Bool>>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();
         let mut x = self.word_embeddings.forward(input_ids);
@@ -150,7 +153,7 @@ impl<B: Backend> Embeddings<B> {
             x = x + types.forward(token_type_ids);
         }
         if let Some(projection) = self.projection.first() {
-            x = kernels::linear(projection, x);
+            x = kernels::linear(projection, x, precision);
         }
         let x = kernels::layer_norm(&self.layer_norm, x, self.layer_norm_eps);
         let width = x.dims()[2];
@@ -194,16 +197,19 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         padding: Option<&Tensor<B, 2, Bool>>,
         relative: Option<&Relative<B>>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
-        let q = kernels::linear(&self.query, x.clone());
-        let k = kernels::linear(&self.key, x.clone());
-        let v = kernels::linear(&self.value, x.clone());
+        let q = kernels::linear(&self.query, x.clone(), precision);
+        let k = kernels::linear(&self.key, x.clone(), precision);
+        let v = kernels::linear(&self.value, x.clone(), precision);
 
+        let (heads, dropout) = (self.heads, &self.attention_dropout);
         let context = match relative {
-            Some(relative) => self.disentangled([q, k, v], padding, relative),
-            None => kernels::attention(q, k, v, padding, self.heads, &self.attention_dropout),
+            Some(relative) => self.disentangled([q, k, v], padding, relative, precision),
+            None => kernels::attention(q, k, v, padding, heads, dropout, precision),
         };
-        let out = kernels::dropout(&self.dropout, kernels::linear(&self.output, context));
+        let out = kernels::linear(&self.output, context, precision);
+        let out = kernels::dropout(&self.dropout, out);
         kernels::add_layer_norm(&self.layer_norm, out, x, self.layer_norm_eps)
     }
 }
@@ -222,14 +228,15 @@ pub struct FeedForward<B: Backend> {
 }
 
 impl<B: Backend> FeedForward<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = kernels::linear(&self.intermediate, x.clone());
+    fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+        let h = kernels::linear(&self.intermediate, x.clone(), precision);
         let h = match self.activation {
             Activation::Gelu => kernels::gelu(h),
             Activation::GeluApproximate => gelu_approximate(h),
             Activation::Relu => relu(h),
         };
-        let out = kernels::dropout(&self.dropout, kernels::linear(&self.output, h));
+        let out = kernels::linear(&self.output, h, precision);
+        let out = kernels::dropout(&self.dropout, out);
         kernels::add_layer_norm(&self.layer_norm, out, x, self.layer_norm_eps)
     }
 }
@@ -247,19 +254,24 @@ pub struct BertModel<B: Backend> {
     pub layers: Vec<Layer<B>>,
     /// DeBERTa's relative position table (at most one), shared by all layers.
     pub relative: Vec<RelativeEmbeddings<B>>,
+    /// What the matrix products run in; not saved with the weights.
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl<B: Backend> BertModel<B> {
     /// Last hidden states, `[batch, seq, hidden]`.
     pub fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
-        let mut x = self.embeddings.forward(input);
+        let precision = self.precision;
+        let mut x = self.embeddings.forward(input, precision);
         let seq = x.dims()[1];
         let relative = self.relative.first().map(|r| r.for_length(seq));
+        let padding = input.padding_mask.as_ref();
         for layer in &self.layers {
             x = layer
                 .attention
-                .forward(x, input.padding_mask.as_ref(), relative.as_ref());
-            x = layer.feed_forward.forward(x);
+                .forward(x, padding, relative.as_ref(), precision);
+            x = layer.feed_forward.forward(x, precision);
         }
         x
     }
@@ -395,17 +407,24 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                     })
                     .into_iter()
                     .collect(),
+                precision: Precision::F32,
             },
             head_dropout: DropoutConfig::new(config.head_dropout()).init(),
             qa_outputs: linear(h, 2),
         }
     }
 
+    /// The model with its matrix products in `precision` (see [`Precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.bert.precision = precision;
+        self
+    }
+
     /// Start and end logits with padding positions masked.
     pub fn forward(&self, input: &BertInput<B>) -> SpanLogits<B> {
         let hidden = kernels::dropout(&self.head_dropout, self.bert.forward(input));
         let [batch, seq, _] = hidden.dims();
-        let logits = kernels::linear(&self.qa_outputs, hidden);
+        let logits = kernels::linear(&self.qa_outputs, hidden, self.bert.precision);
         let pick = |i: usize| {
             let l = logits
                 .clone()

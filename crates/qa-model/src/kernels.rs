@@ -10,6 +10,9 @@
 //! | [`layer_norm`] | one op, hand-written backward | burn's `LayerNorm` | burn's `LayerNorm` |
 //! | [`add_layer_norm`] | the sum, then [`layer_norm`] | one fused parallel pass | the sum, then burn's `LayerNorm` |
 //!
+//! Under [`Precision::Bf16`] the linear layers and attention leave these paths for burn's
+//! operations with bf16 operands, on every backend.
+//!
 //! Why: burn-flex 0.21 runs its fused attention one (batch, head) pair at a time and its GELU with
 //! a scalar `erf`, both on one core, and a linear layer as a zero-filled matrix product followed by
 //! a separate bias pass: together about half of a MiniLM forward pass (profile in
@@ -28,6 +31,8 @@ use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
+use crate::precision::Precision;
+
 mod autodiff;
 mod flex;
 mod math;
@@ -35,14 +40,31 @@ mod routines;
 
 /// `x W + b` over `[batch, seq, features]`, as one 2-D matrix product (burn's `Linear` broadcasts
 /// the weight to the batch, which costs a copy on the CPU).
-pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+/// Under bf16 the product runs on burn's operations with bf16 operands (see [`Precision`]).
+pub fn linear<B: Backend>(
+    layer: &Linear<B>,
+    x: Tensor<B, 3>,
+    precision: Precision,
+) -> Tensor<B, 3> {
     let [batch, seq, features] = x.dims();
     let x = x.reshape([batch * seq, features]);
-    let y = autodiff::linear(layer, x)
-        .or_else(|x| flex::linear(layer, x))
-        .unwrap_or_else(|x| layer.forward(x));
+    let y = match precision {
+        Precision::F32 => autodiff::linear(layer, x)
+            .or_else(|x| flex::linear(layer, x))
+            .unwrap_or_else(|x| layer.forward(x)),
+        Precision::Bf16 => linear_in(precision, layer, x),
+    };
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
+}
+
+/// `x W + b` with the product in `precision`, the bias added in f32.
+fn linear_in<B: Backend>(precision: Precision, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let y = precision.matmul(x, layer.weight.val());
+    match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
+    }
 }
 
 /// The query, key and value projections attention reads, `[batch, seq, hidden]` each, with the
@@ -63,8 +85,13 @@ pub fn attention<B: Backend>(
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
     dropout: &Dropout,
+    precision: Precision,
 ) -> Tensor<B, 3> {
-    autodiff::attention(Qkv { q, k, v }, padding, heads, dropout.prob)
+    let qkv = Qkv { q, k, v };
+    if precision != Precision::F32 {
+        return attention_spelled_out(qkv, padding, heads, dropout, precision);
+    }
+    autodiff::attention(qkv, padding, heads, dropout.prob)
         .or_else(|qkv| flex::attention(qkv, padding, heads))
         .unwrap_or_else(|qkv| attention_with_burn_ops(qkv, padding, heads, dropout))
 }
@@ -72,33 +99,53 @@ pub fn attention<B: Backend>(
 /// Attention on any backend. burn's fused attention has no dropout, so while training with
 /// dropout the operations are spelled out.
 fn attention_with_burn_ops<B: Backend>(
-    Qkv { q, k, v }: Qkv<B>,
+    qkv: Qkv<B>,
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
     dropout: &Dropout,
 ) -> Tensor<B, 3> {
+    if B::ad_enabled(&qkv.q.device()) && dropout.prob > 0.0 {
+        return attention_spelled_out(qkv, padding, heads, dropout, Precision::F32);
+    }
+    let Qkv { q, k, v } = qkv;
     let [batch, seq, hidden] = q.dims();
     let head_dim = hidden / heads;
     let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
-    let merge = |t: Tensor<B, 4>| t.swap_dims(1, 2).reshape([batch, seq, hidden]);
-    let mask = || padded_keys(padding, heads);
-    if B::ad_enabled(&q.device()) && dropout.prob > 0.0 {
-        let scores = split(q).matmul(split(k).swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let scores = match mask() {
-            Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
-            None => scores,
-        };
-        let probs = dropout.forward(softmax(scores, 3));
-        return merge(probs.matmul(split(v)));
-    }
-    merge(burn_attention(
+    merge_heads(burn_attention(
         split(q),
         split(k),
         split(v),
-        mask(),
+        padded_keys(padding, heads),
         None,
         AttentionModuleOptions::default(),
     ))
+}
+
+/// `softmax(Q Kᵀ / √d + mask) V` as separate operations: both products in `precision`, the
+/// scores, softmax and dropout in f32.
+fn attention_spelled_out<B: Backend>(
+    Qkv { q, k, v }: Qkv<B>,
+    padding: Option<&Tensor<B, 2, Bool>>,
+    heads: usize,
+    dropout: &Dropout,
+    precision: Precision,
+) -> Tensor<B, 3> {
+    let [batch, seq, hidden] = q.dims();
+    let head_dim = hidden / heads;
+    let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+    let scores = precision.matmul(split(q), split(k).swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    let scores = match padded_keys(padding, heads) {
+        Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
+        None => scores,
+    };
+    let probs = self::dropout(dropout, softmax(scores, 3));
+    merge_heads(precision.matmul(probs, split(v)))
+}
+
+/// `[batch, heads, seq, head_dim]` back to `[batch, seq, hidden]`.
+fn merge_heads<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [batch, heads, seq, head_dim] = t.dims();
+    t.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
 }
 
 /// The `[batch, seq]` padding mask as `[batch, heads, seq, seq]` attention scores see it: true
@@ -231,12 +278,13 @@ mod tests {
             got.into_data().to_vec().unwrap(),
             want.into_data().to_vec().unwrap(),
         );
+        // Absolute below 1, relative above: at |y| = 8 one f32 step is already 9.5e-7.
         let worst = got
             .iter()
             .zip(&want)
-            .map(|(a, b)| (a - b).abs())
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
             .fold(0.0f32, f32::max);
-        assert!(worst <= tol, "max abs difference {worst}");
+        assert!(worst <= tol, "max difference {worst} (relative above 1)");
     }
 
     #[test]
@@ -247,7 +295,7 @@ mod tests {
                 .with_bias(bias)
                 .init::<B>(&Default::default());
             let want = layer.forward(x.clone());
-            assert_close(linear(&layer, x.clone()), want, 1e-5);
+            assert_close(linear(&layer, x.clone(), Precision::F32), want, 1e-5);
         }
     }
 
@@ -283,7 +331,8 @@ mod tests {
             .swap_dims(1, 2)
             .reshape([batch, seq, hidden]);
             let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
-            let got = attention(q.clone(), k.clone(), v.clone(), padding, heads, &no_dropout);
+            let (q, k, v) = (q.clone(), k.clone(), v.clone());
+            let got = attention(q, k, v, padding, heads, &no_dropout, Precision::F32);
             assert_close(got, want, 1e-5);
         }
     }

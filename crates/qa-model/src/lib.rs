@@ -9,9 +9,10 @@
 //! | features -> padded tensors, the span loss | [`batch`] |
 //! | linear, attention, GELU, dropout, layer norm: one dispatch over the CPU paths and burn's ops | [`kernels`] |
 //! | each parameter's Hugging Face name | [`params`] |
+//! | f32, or bf16 matrix products with f32 weights (mixed precision) | [`precision`] |
 //! | Hugging Face directories in and out | [`hf`] |
 //! | burn's own record beside them | [`record`] |
-//! | where to run: `auto`/`cuda`/`cpu`, the CUDA probe, the backend chosen at run time | [`device`] |
+//! | where to run: `auto`/`cuda`/`wgpu`/`cpu`, the CUDA and wgpu probes, the backend chosen at run time | [`device`] |
 //! | answering questions and scoring datasets with a model directory | [`answering`] |
 //!
 //! This crate depends on `qa-data` (no burn) for what the answering API needs anyway: the
@@ -26,6 +27,7 @@ pub mod error;
 pub mod hf;
 pub mod kernels;
 pub mod params;
+pub mod precision;
 pub mod record;
 
 pub use answering::{
@@ -38,6 +40,7 @@ pub use device::{DeviceChoice, OnBackend, run_on};
 pub use error::ModelError;
 pub use hf::{LoadReport, LoadedModel, load_model, load_pretrained, save_pretrained};
 pub use params::{ParamInfo, parameters};
+pub use precision::Precision;
 
 /// The CPU backend, chosen by measurement (see docs/benchmarks.md).
 pub type CpuBackend = burn::backend::Flex;

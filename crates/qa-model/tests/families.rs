@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use qa_data::{Casing, Dataset, FeatureSet, LoadOptions, QaTokenizer, WindowConfig};
 use qa_model::{
-    AnsweringSettings, BertInput, CpuBackend, MASKED_LOGIT, QuestionAnswerer, load_pretrained,
-    save_pretrained,
+    AnsweringSettings, BertInput, CpuBackend, MASKED_LOGIT, Precision, QuestionAnswerer,
+    load_pretrained, save_pretrained,
 };
 use serde::Deserialize;
 
@@ -178,6 +178,38 @@ fn training_labels_are_run_qas_for_every_family() {
 
 /// All features in one padded batch, as transformers ran them: the logits of real positions
 /// agree, padded ones are masked.
+/// The fixture's features as one padded batch, and its length.
+fn fixture_input(
+    expected: &Expected,
+    pad_token_id: usize,
+    device: &burn::tensor::Device<CpuBackend>,
+) -> (BertInput<CpuBackend>, usize) {
+    let len = expected
+        .features
+        .iter()
+        .map(|f| f.input_ids.len())
+        .max()
+        .unwrap();
+    let (mut ids, mut types, mut padding) = (Vec::new(), Vec::new(), Vec::new());
+    for f in &expected.features {
+        let pad = len - f.input_ids.len();
+        ids.extend(f.input_ids.iter().map(|&t| t as i32));
+        ids.extend(std::iter::repeat_n(pad_token_id as i32, pad));
+        match &f.token_type_ids {
+            Some(t) => types.extend(t.iter().map(|&t| t as i32)),
+            None => types.extend(std::iter::repeat_n(0, f.input_ids.len())),
+        }
+        types.extend(std::iter::repeat_n(0, pad));
+        padding.extend(std::iter::repeat_n(false, f.input_ids.len()));
+        padding.extend(std::iter::repeat_n(true, pad));
+    }
+    let batch = [expected.features.len(), len];
+    (
+        BertInput::from_host(ids, types, padding, batch, device),
+        len,
+    )
+}
+
 #[test]
 fn span_logits_equal_transformers_for_every_family() {
     let device = Default::default();
@@ -195,27 +227,7 @@ fn span_logits_equal_transformers_for_every_family() {
             "{family}: {}",
             loaded.report
         );
-        let len = expected
-            .features
-            .iter()
-            .map(|f| f.input_ids.len())
-            .max()
-            .unwrap();
-        let (mut ids, mut types, mut padding) = (Vec::new(), Vec::new(), Vec::new());
-        for f in &expected.features {
-            let pad = len - f.input_ids.len();
-            ids.extend(f.input_ids.iter().map(|&t| t as i32));
-            ids.extend(std::iter::repeat_n(loaded.config.pad_token_id as i32, pad));
-            match &f.token_type_ids {
-                Some(t) => types.extend(t.iter().map(|&t| t as i32)),
-                None => types.extend(std::iter::repeat_n(0, f.input_ids.len())),
-            }
-            types.extend(std::iter::repeat_n(0, pad));
-            padding.extend(std::iter::repeat_n(false, f.input_ids.len()));
-            padding.extend(std::iter::repeat_n(true, pad));
-        }
-        let batch = [expected.features.len(), len];
-        let input = BertInput::from_host(ids, types, padding, batch, &device);
+        let (input, len) = fixture_input(&expected, loaded.config.pad_token_id, &device);
         let logits = loaded.model.forward(&input);
         let start: Vec<f32> = logits.start.into_data().to_vec().unwrap();
         let end: Vec<f32> = logits.end.into_data().to_vec().unwrap();
@@ -235,6 +247,36 @@ fn span_logits_equal_transformers_for_every_family() {
         }
         eprintln!("{family}: largest logit difference to transformers {worst:e}");
         assert!(worst < 1e-4, "{family}: logits differ by {worst}");
+    }
+}
+
+/// bf16 matrix products (weights, norms and softmax in f32) keep every family's logits within
+/// 2% of their f32 range: each product carries bf16's 2⁻⁹ relative rounding of its operands.
+/// Checked on burn-flex, which runs bf16 arithmetic; GPUs are unverified until one runs it.
+#[test]
+fn bf16_logits_stay_close_to_f32_for_every_family() {
+    let device = Default::default();
+    for family in FAMILIES {
+        let expected = expected(family);
+        let loaded = load_pretrained::<CpuBackend>(&fixtures().join(family), &device).unwrap();
+        let (input, _) = fixture_input(&expected, loaded.config.pad_token_id, &device);
+        let exact = loaded.model.forward(&input);
+        let mixed = loaded.model.with_precision(Precision::Bf16).forward(&input);
+        let mut range = 0.0f32;
+        let mut worst = 0.0f32;
+        for (e, m) in [(exact.start, mixed.start), (exact.end, mixed.end)] {
+            let (e, m): (Vec<f32>, Vec<f32>) = (
+                e.into_data().to_vec().unwrap(),
+                m.into_data().to_vec().unwrap(),
+            );
+            for (a, b) in e.iter().zip(&m).filter(|(a, _)| **a != MASKED_LOGIT) {
+                range = range.max(a.abs());
+                worst = worst.max((a - b).abs());
+            }
+        }
+        eprintln!("{family}: bf16 differs by {worst:e} at most, logits up to {range:e}");
+        assert!(worst > 0.0, "{family}: bf16 changed nothing");
+        assert!(worst <= 0.02 * range, "{family}: {worst} of {range}");
     }
 }
 

@@ -11,7 +11,7 @@ use qa_data::{DecodeConfig, MisalignedPolicy, WindowConfig};
 use crate::early_stopping::StoppingRule;
 use crate::log::EvalRecord;
 
-pub use qa_model::DeviceChoice;
+pub use qa_model::{DeviceChoice, Precision};
 
 /// What early stopping and "best model" watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,9 +177,14 @@ pub struct TrainConfig {
     #[serde(default)]
     pub max_eval_examples: usize,
 
-    /// auto (CUDA when a GPU is usable, else the CPU), cuda or cpu.
+    /// auto (CUDA when a GPU is usable, else a hardware wgpu adapter, else the CPU), cuda, wgpu
+    /// or cpu.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// f32, or bf16 mixed precision: matrix products in bf16, weights, optimizer state, layer
+    /// norms, softmax and loss in f32. Refused on a backend without bf16 (wgpu).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 mod d {

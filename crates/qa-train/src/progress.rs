@@ -1,10 +1,13 @@
 //! Training progress: a bar on a terminal, a plain line every `logging_steps` otherwise.
 
 use std::io::IsTerminal;
+use std::time::Instant;
 
-/// A progress bar on a terminal, plain lines otherwise.
+/// A progress bar on a terminal, plain lines otherwise, each with the seconds since the loop
+/// started (on a GPU the first steps also compile and autotune kernels: the times show it).
 pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    started: Instant,
 }
 
 impl Progress {
@@ -20,7 +23,10 @@ impl Progress {
             bar.set_position(done as u64);
             bar
         });
-        Progress { bar }
+        Progress {
+            bar,
+            started: Instant::now(),
+        }
     }
 
     pub fn tick(&self, step: usize) {
@@ -33,8 +39,9 @@ impl Progress {
         match &self.bar {
             Some(bar) => bar.set_message(format!("loss {loss:.4} lr {lr:.2e} epoch {}", epoch + 1)),
             None => say(format!(
-                "step {step}: loss {loss:.4}, lr {lr:.3e}, epoch {}",
-                epoch + 1
+                "step {step}: loss {loss:.4}, lr {lr:.3e}, epoch {} (at {:.1} s)",
+                epoch + 1,
+                self.started.elapsed().as_secs_f64()
             )),
         }
     }

@@ -10,7 +10,7 @@ use qa_data::{
     CacheOutcome, CachePolicy, Casing, Dataset, FeatureCache, FeatureSet, LoadOptions, QaTokenizer,
     SquadVersion,
 };
-use qa_model::{AnsweringSettings, BertConfig, BertForQuestionAnswering};
+use qa_model::{AnsweringSettings, BertConfig, BertForQuestionAnswering, Precision};
 
 use crate::checkpoint::{self, LoopState};
 use crate::config::TrainConfig;
@@ -96,6 +96,10 @@ pub(crate) fn prepare<B: AutodiffBackend>(
     device: &B::Device,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Prepared<B>> {
+    config
+        .precision
+        .check::<B>(device)
+        .map_err(anyhow::Error::msg)?;
     prepare_output_dir(config, options)?;
     let resume_from = options
         .resume
@@ -124,7 +128,13 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         plan.warmup
     ));
 
-    let mut model = loaded.model;
+    let mut model = loaded.model.with_precision(config.precision);
+    if config.precision != Precision::F32 {
+        say(format!(
+            "precision: {} matrix products, f32 weights, optimizer state, norms and loss",
+            config.precision
+        ));
+    }
     let mut optim = GroupedAdamW::<B>::new(config.weight_decay, config.adam_epsilon);
     let mut state = LoopState::start(comparable(config));
     if let Some(ckpt) = resume_from {
