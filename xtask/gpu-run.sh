@@ -4,7 +4,7 @@
 #
 #   bash xtask/gpu-run.sh [SECONDS]
 #
-# 1. unpacks the binary and the data into /tmp/kit;
+# 1. unpacks the binary, the model weights and the data into /tmp/kit;
 # 2. smoke runs: the quickstart config on CUDA, 5 steps, a timestamped line per step, 150 s at
 #    most each (tells kernel compilation and autotuning from a hang: the first steps carry them),
 #    once in f32 and once with `--precision bf16`; the bf16 one is refused at once, saying why,
@@ -29,6 +29,9 @@ stamp() { while IFS= read -r line; do printf '%s %s\n' "${EPOCHREALTIME}" "$line
 unpack() { python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],"wb"))' "$1" "$2"; }
 unpack "$kit/qa.xz" /tmp/kit/qa && chmod +x /tmp/kit/qa || exit 1
 for f in train-v1.1.json dev-v1.1.json; do unpack "$kit/$f.xz" "/tmp/kit/$f" || exit 1; done
+mkdir -p /tmp/kit/model && cp "$kit"/model/*.json "$kit"/model/vocab.txt /tmp/kit/model/ || exit 1
+unpack "$kit/model/model.safetensors.xz" /tmp/kit/model/model.safetensors || exit 1
+model=/tmp/kit/model
 export CUDA_PATH=/usr/local/cuda LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 
@@ -36,7 +39,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 smoke() {
     echo "== smoke, $1 (at $((SECONDS - start)) s)"
     timeout 150 /tmp/kit/qa train --config configs/quickstart.toml --precision "$1" \
-        --set model=$kit/model --set device=$device --set max_steps=5 --set logging_steps=1 \
+        --set model=$model --set device=$device --set max_steps=5 --set logging_steps=1 \
         --set evaluate_during_training=false --set output_dir="/tmp/kit/smoke-$1" 2>&1 \
         | stamp | tee "$out/smoke-$1.log"
     local status=${PIPESTATUS[0]}
@@ -50,7 +53,7 @@ smoke bf16 && precision=bf16
 left=$((budget - (SECONDS - start)))
 echo "== recipe in $precision, ${left} s at most (at $((SECONDS - start)) s)"
 timeout "$left" /tmp/kit/qa train --config configs/squad-minilm.toml --precision "$precision" \
-    --set model=$kit/model --set device=$device --set logging_steps=20 \
+    --set model=$model --set device=$device --set logging_steps=20 \
     --set train_data=/tmp/kit/train-v1.1.json --set eval_data=/tmp/kit/dev-v1.1.json \
     --set output_dir=/tmp/kit/squad-minilm 2>&1 | stamp | tee "$out/recipe.log"
 echo "recipe exit ${PIPESTATUS[0]} (124: stopped at the time limit) at $((SECONDS - start)) s"

@@ -1,8 +1,8 @@
 //! `cargo xtask gpu-kit`: everything a run on the lent GPU machine needs, in one git-ignored
 //! folder that the device tool can carry (64 MiB a call). That machine has CUDA but no cargo, no
 //! network and no `../shared`, so the kit holds the release binary (debug info stripped,
-//! xz-compressed), the shared MiniLM converted to f16 (half the bytes; `qa` loads f16) and the
-//! compressed SQuAD v1.1 files. `xtask/gpu-run.sh` runs there from the checkout's root.
+//! xz-compressed), the shared MiniLM converted to f16 (half the bytes; `qa` loads f16) and
+//! xz-compressed, and the compressed SQuAD v1.1 files. `xtask/gpu-run.sh` runs there from the checkout's root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,7 +62,11 @@ pub fn run(out: &Path, force: bool) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(&weights).with_context(|| format!("reading {}", weights.display()))?;
     let f16 = to_f16(&bytes).with_context(|| format!("converting {}", weights.display()))?;
-    write_atomic(&out.join("model/model.safetensors"), &f16)?;
+    // xz saves a tenth of the f16 weights (4.6 MB), which the kit needs since the CUDA binary
+    // carries burn's fusion and autotuning (62.5 MiB uncompressed, over the limit).
+    let kit_weights = out.join("model/model.safetensors");
+    write_atomic(&kit_weights, &f16)?;
+    command(Command::new("xz").args(["-6", "-T2"]).arg(&kit_weights))?;
     for name in MODEL_FILES {
         copy(&model.join(name), &out.join("model").join(name))?;
     }
