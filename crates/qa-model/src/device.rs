@@ -145,7 +145,7 @@ fn choose_with(
                 best_adapter(adapters).ok_or_else(|| "wgpu lists no adapter".to_string())
             });
             adapter
-                .map(|(index, a)| wgpu_decision(index, a, "as configured"))
+                .map(|a| wgpu_decision(a, "as configured"))
                 .map_err(|why| {
                     format!(
                         "device = \"wgpu\" was requested but no wgpu adapter is usable: {why}; use \
@@ -159,11 +159,11 @@ fn choose_with(
                 Err(why) => why,
             };
             let no_wgpu = match (probes.wgpu)().map(best_adapter) {
-                Ok(Some((index, a))) if a.kind != AdapterKind::Software => {
+                Ok(Some(a)) if a.kind != AdapterKind::Software => {
                     let why = format!("because no CUDA GPU is usable: {no_cuda}");
-                    return Ok(wgpu_decision(index, a, &why));
+                    return Ok(wgpu_decision(a, &why));
                 }
-                Ok(Some((_, a))) => format!(
+                Ok(Some(a)) => format!(
                     "wgpu found only {} ({}), a software adapter, which auto never picks \
                      (device = \"wgpu\" runs on it)",
                     a.name, a.api
@@ -186,11 +186,12 @@ fn cuda_decision(name: String) -> DeviceDecision {
     }
 }
 
-fn wgpu_decision(index: usize, adapter: Adapter, why: &str) -> DeviceDecision {
+/// The first adapter of its kind, as [`best_adapter`] picks it.
+fn wgpu_decision(adapter: Adapter, why: &str) -> DeviceDecision {
     DeviceDecision {
-        device: Device::Wgpu(adapter.kind, index),
+        device: Device::Wgpu(adapter.kind, 0),
         reason: format!(
-            "wgpu {} {index}: {} ({}), {why}",
+            "wgpu {} 0: {} ({}), {why}",
             adapter.kind.name(),
             adapter.name,
             adapter.api
@@ -198,13 +199,10 @@ fn wgpu_decision(index: usize, adapter: Adapter, why: &str) -> DeviceDecision {
     }
 }
 
-/// The best adapter and its index among the adapters of its kind: the first of the best kind.
-fn best_adapter(adapters: Vec<Adapter>) -> Option<(usize, Adapter)> {
+/// The best adapter: the first of the best kind.
+fn best_adapter(adapters: Vec<Adapter>) -> Option<Adapter> {
     let best = adapters.iter().map(|a| a.kind).min()?;
-    adapters
-        .into_iter()
-        .find(|a| a.kind == best)
-        .map(|a| (0, a))
+    adapters.into_iter().find(|a| a.kind == best)
 }
 
 /// The first GPU's name, or why CUDA cannot be used.
@@ -510,7 +508,7 @@ mod tests {
         let auto = choose(DeviceChoice::Auto).unwrap();
         match (cuda_probe(), wgpu_probe().map(best_adapter)) {
             (Ok(_), _) => assert_eq!(auto.device, Device::Cuda(0)),
-            (Err(why), Ok(Some((_, a)))) if a.kind != AdapterKind::Software => {
+            (Err(why), Ok(Some(a))) if a.kind != AdapterKind::Software => {
                 assert_eq!(auto.device, Device::Wgpu(a.kind, 0));
                 assert!(auto.reason.contains(&why));
             }

@@ -108,9 +108,7 @@ fn attention_with_burn_ops<B: Backend>(
         return attention_spelled_out(qkv, padding, heads, dropout, Precision::F32);
     }
     let Qkv { q, k, v } = qkv;
-    let [batch, seq, hidden] = q.dims();
-    let head_dim = hidden / heads;
-    let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+    let split = |t| split_heads(t, heads);
     merge_heads(burn_attention(
         split(q),
         split(k),
@@ -130,9 +128,8 @@ fn attention_spelled_out<B: Backend>(
     dropout: &Dropout,
     precision: Precision,
 ) -> Tensor<B, 3> {
-    let [batch, seq, hidden] = q.dims();
-    let head_dim = hidden / heads;
-    let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+    let head_dim = q.dims()[2] / heads;
+    let split = |t| split_heads(t, heads);
     let scores = precision.matmul(split(q), split(k).swap_dims(2, 3)) / (head_dim as f64).sqrt();
     let scores = match padded_keys(padding, heads) {
         Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
@@ -142,8 +139,16 @@ fn attention_spelled_out<B: Backend>(
     merge_heads(precision.matmul(probs, split(v)))
 }
 
+/// `[batch, seq, hidden]` with `heads` heads packed in the last dimension as
+/// `[batch, heads, seq, head_dim]`.
+pub(crate) fn split_heads<B: Backend>(t: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [batch, seq, hidden] = t.dims();
+    t.reshape([batch, seq, heads, hidden / heads])
+        .swap_dims(1, 2)
+}
+
 /// `[batch, heads, seq, head_dim]` back to `[batch, seq, hidden]`.
-fn merge_heads<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
+pub(crate) fn merge_heads<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
     let [batch, heads, seq, head_dim] = t.dims();
     t.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
 }

@@ -93,13 +93,12 @@ fn answers_on_wgpu_equal_the_cpu_path() {
     let gpu = gpu_device();
     let questions = support::family_fixtures().join("questions.json");
     let dataset = Dataset::load(&questions, LoadOptions::default()).unwrap();
-    let answers = |answerer_evaluation: qa_model::answering::Evaluation| {
-        let predictions = answerer_evaluation.predictions;
-        let answers = predictions.answers();
+    let answers = |evaluation: qa_model::answering::Evaluation| -> BTreeMap<String, String> {
+        let answers = evaluation.predictions.answers();
         answers
             .into_iter()
             .map(|(id, a)| (id.to_string(), a.to_string()))
-            .collect::<BTreeMap<_, _>>()
+            .collect()
     };
     for name in ["bert", "deberta-v2"] {
         let on_gpu = QuestionAnswerer::<WgpuBackend>::load(&family(name), gpu.clone()).unwrap();

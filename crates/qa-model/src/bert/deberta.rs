@@ -91,7 +91,7 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, hidden] = q.dims();
         let (heads, d) = (self.heads, hidden / self.heads);
-        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, d]).swap_dims(1, 2);
+        let split = |t| kernels::split_heads(t, heads);
         let (q, k, v) = (split(q), split(k), split(v));
         let spec = relative.spec;
 
@@ -130,10 +130,7 @@ impl<B: Backend> Attention<B> {
             None => scores,
         };
         let probs = kernels::dropout(&self.attention_dropout, softmax(scores, 3));
-        precision
-            .matmul(probs, v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden])
+        kernels::merge_heads(precision.matmul(probs, v))
     }
 }
 
