@@ -51,3 +51,8 @@ pub const FAMILIES: [&str; 6] = [
 pub fn family_fixtures() -> PathBuf {
     repo_root().join("tests/fixtures/families")
 }
+
+/// A family's fixture folder.
+pub fn family(name: &str) -> PathBuf {
+    family_fixtures().join(name)
+}

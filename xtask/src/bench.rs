@@ -70,6 +70,24 @@ const CRITERION: &[CriterionBench] = &[
         "384.5 ms",
     ),
     bench(
+        "minilm-qa-forward/int8",
+        "bs1-seq128",
+        "MiniLM QA forward, bs 1, seq 128, int8 (`qa quantize`)",
+        "-",
+    ),
+    bench(
+        "minilm-qa-forward/int8",
+        "bs1-seq384",
+        "MiniLM QA forward, bs 1, seq 384, int8",
+        "-",
+    ),
+    bench(
+        "minilm-qa-forward/int8",
+        "bs8-seq384",
+        "MiniLM QA forward, bs 8, seq 384, int8",
+        "-",
+    ),
+    bench(
         "minilm-qa-forward/ndarray",
         "bs1-seq128",
         "MiniLM QA forward, bs 1, seq 128 (NdArray)",
@@ -148,19 +166,7 @@ fn kernels_and_training(shared: &Path) -> anyhow::Result<String> {
             .as_f64()
             .context("criterion mean")?;
         let reference = if bench.group.starts_with("minilm-qa-forward/") {
-            let measured = torch
-                .as_ref()
-                .and_then(|t| Some((t["torch"].as_str()?, t[bench.function].as_f64()?)));
-            match measured {
-                Some((version, ms)) => format!(
-                    "{ms:.1} ms (PyTorch {version} CPU, 2 threads, this run); brief: {} (PyTorch 2.15)",
-                    bench.reference
-                ),
-                None => format!(
-                    "{} (PyTorch 2.15 CPU, 2 threads, from the brief)",
-                    bench.reference
-                ),
-            }
+            forward_reference(bench, torch.as_ref())
         } else {
             bench.reference.to_string()
         };
@@ -200,6 +206,44 @@ fn kernels_and_training(shared: &Path) -> anyhow::Result<String> {
     ));
 
     Ok(render(&rows))
+}
+
+/// The references of a forward-pass row: PyTorch and ONNX Runtime fp32 (and, for int8, ONNX
+/// Runtime's dynamic int8 and the goal of half the best fp32) measured in this run by
+/// `torch_latency.py`; the brief's PyTorch figure without it.
+fn forward_reference(bench: &CriterionBench, measured: Option<&serde_json::Value>) -> String {
+    let shape = bench.function;
+    let Some(m) = measured else {
+        return format!(
+            "{} (PyTorch 2.15 CPU, 2 threads, from the brief)",
+            bench.reference
+        );
+    };
+    let torch = m[shape].as_f64().unwrap_or(f64::NAN);
+    let version = m["torch"].as_str().unwrap_or("?");
+    let ort_fp32 = m["ort-fp32"][shape].as_f64();
+    let ort_int8 = m["ort-int8"][shape].as_f64();
+    let fp32 = match ort_fp32 {
+        Some(ort) => format!(
+            "PyTorch {version} {torch:.1} ms, ONNX Runtime {} fp32 {ort:.1} ms",
+            m["ort"].as_str().unwrap_or("?")
+        ),
+        None => format!("PyTorch {version} {torch:.1} ms"),
+    };
+    if !bench.group.ends_with("/int8") {
+        return format!("{fp32} (CPU, 2 threads, this run)");
+    }
+    let best = ort_fp32.map_or(torch, |ort| ort.min(torch));
+    match ort_int8 {
+        Some(int8) => format!(
+            "ONNX Runtime dynamic int8 {int8:.1} ms; goal at most {:.1} ms, half the best fp32 ({fp32}; this run)",
+            best / 2.0
+        ),
+        None => format!(
+            "goal at most {:.1} ms, half of {fp32} (this run; no onnxruntime)",
+            best / 2.0
+        ),
+    }
 }
 
 /// A PyTorch reference measured now by `tests/parity/<script>` when `QA_TORCH_PYTHON` names a

@@ -5,11 +5,13 @@
 //!   a report. With no arguments it runs `configs/quickstart.toml`.
 //! - `bench`: the benchmarks of every crate in one run, written into `docs/benchmarks.md`; the
 //!   serving section (`qa serve` under load) alone with `--serving-only`.
+//! - `int8-accuracy`: a model against its `qa quantize` copy on the same data.
 //! - `gpu-kit`: the binary, model and data a run on the lent GPU machine needs, in `gpu-carry/`.
 
 mod bench;
 mod download;
 mod gpu_kit;
+mod int8;
 mod serving;
 mod train;
 
@@ -59,6 +61,17 @@ enum Command {
         /// Only the serving section (`qa serve` under load against the Python answerer).
         #[arg(long)]
         serving_only: bool,
+    },
+    /// Quantize a fine-tuned model with `qa quantize` and compare both on the same data: EM/F1
+    /// and how many answers are the same.
+    Int8Accuracy {
+        #[arg(long, default_value = "runs/quickstart/best_model")]
+        model: PathBuf,
+        #[arg(long, default_value = "datasets/squad-sample/dev.json")]
+        data: PathBuf,
+        /// Where the int8 model and both evaluations go (replaced when present).
+        #[arg(long, default_value = "runs/int8-accuracy")]
+        out: PathBuf,
     },
     /// Put what `xtask/gpu-run.sh` needs on the GPU machine into one folder to carry there.
     /// The MiniLM and SQuAD v1.1 files come from `$QA_SHARED_DIR` (default `../shared`).
@@ -177,6 +190,7 @@ fn main() -> std::process::ExitCode {
             no_write,
             serving_only,
         } => bench::run(!no_write, serving_only),
+        Command::Int8Accuracy { model, data, out } => int8::run(&model, &data, &out),
         Command::GpuKit { out, force } => gpu_kit::run(&out, force),
     };
     match result {

@@ -34,6 +34,24 @@ pub enum Command {
     Chat(ChatArgs),
     /// Serve a JSON API and a chat page over HTTP.
     Serve(ServeArgs),
+    /// Write an int8 copy of a fine-tuned model for faster CPU inference.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The fine-tuned model directory (f32 or f16 weights).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where the int8 model goes (a new or empty directory).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Replace the model files in a non-empty --output.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

@@ -12,12 +12,14 @@
 //! | `qa predict` | `predict` | `qa_model::QuestionAnswerer` |
 //! | `qa chat` | `chat` | `qa_model::QuestionAnswerer` |
 //! | `qa serve` | `serve` (and `page.html`) | `qa_model::QuestionAnswerer`, axum |
+//! | `qa quantize` | `quantize` | `qa_model::int8` |
 
 mod chat;
 mod cli;
 mod data;
 mod evaluate;
 mod predict;
+mod quantize;
 mod serve;
 mod train;
 
@@ -61,5 +63,6 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
     }
 }

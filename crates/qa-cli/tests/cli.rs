@@ -576,3 +576,70 @@ fn every_family_trains_saves_in_its_own_layout_and_evaluates() {
         );
     }
 }
+
+/// `qa quantize` writes an int8 copy that `qa predict` loads like any model and training
+/// refuses; it never writes over a directory without `--overwrite`, nor over its own input.
+#[test]
+fn quantize_writes_an_int8_model_that_answers_and_is_not_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let int8 = dir.path().join("int8");
+    let quantize = |output: &Path, extra: &[&str]| {
+        run(qa()
+            .args(["quantize", "--json", "--model"])
+            .arg(&model)
+            .arg("--output")
+            .arg(output)
+            .args(extra))
+    };
+    let out = quantize(&int8, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(summary["int8_layers"], 12, "{summary}");
+    assert!(summary["weights_bytes"].as_u64() < summary["source_weights_bytes"].as_u64());
+    let config = std::fs::read_to_string(int8.join("config.json")).unwrap();
+    assert!(config.contains("qa-int8"), "{config}");
+
+    let out = run(qa()
+        .args(["predict", "--json", "--device", "cpu", "--context", CONTEXT])
+        .args(["--question", "When was the tower built?", "--model"])
+        .arg(&int8));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(answers[0]["answer"].is_string());
+
+    let again = quantize(&int8, &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("--overwrite"), "{}", stderr(&again));
+    assert!(quantize(&int8, &["--overwrite"]).status.success());
+    let onto_itself = quantize(&model, &["--overwrite"]);
+    assert_eq!(onto_itself.status.code(), Some(1));
+    assert!(stderr(&onto_itself).contains("the model being quantized"));
+    let twice = run(qa()
+        .args(["quantize", "--model"])
+        .arg(&int8)
+        .arg("--output")
+        .arg(dir.path().join("twice")));
+    assert!(
+        stderr(&twice).contains("int8 already"),
+        "{}",
+        stderr(&twice)
+    );
+
+    let config = dir.path().join("train.toml");
+    let out_dir = dir.path().join("out");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\ntrain_data = {:?}\noutput_dir = {:?}\ndevice = \"cpu\"\nevaluate_during_training = false\n",
+            int8,
+            support::repo_root().join("datasets/train.json"),
+            out_dir
+        ),
+    )
+    .unwrap();
+    let out = run(qa().args(["train", "--config"]).arg(&config));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("int8 model"), "{}", stderr(&out));
+    assert!(!out_dir.exists(), "training created its output dir");
+}

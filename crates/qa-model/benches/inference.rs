@@ -1,5 +1,5 @@
 //! CPU inference latency of MiniLM-L6 with the span head, on both CPU backends burn 0.21 offers
-//! (the faster one is `qa_model::CpuBackend`). Reference, PyTorch 2.15 CPU with 2 threads on the
+//! (the faster one is `qa_model::CpuBackend`), and with int8 linear layers (`qa quantize`). Reference, PyTorch 2.15 CPU with 2 threads on the
 //! same model and machine: bs1/128 21.6 ms, bs1/384 55.7 ms, bs8/384 384.5 ms.
 //!
 //! QA_SHARED_DIR=../shared cargo bench -p qa-model
@@ -14,7 +14,7 @@ use std::time::Duration;
 use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
 use criterion::{Criterion, criterion_group, criterion_main};
-use qa_model::{BertInput, load_pretrained};
+use qa_model::{BertForQuestionAnswering, BertInput, load_pretrained};
 
 /// The same allocator as the `qa` binary, so the timings match what users get.
 #[global_allocator]
@@ -33,12 +33,21 @@ fn input<B: Backend>(batch: usize, seq: usize, device: &B::Device) -> BertInput<
 fn bench_backend<B: Backend>(c: &mut Criterion, group: &str, model_dir: &Path) {
     let device = B::Device::default();
     let model = load_pretrained::<B>(model_dir, &device).unwrap().model;
+    bench_model(c, group, &model, &device);
+}
+
+fn bench_model<B: Backend>(
+    c: &mut Criterion,
+    group: &str,
+    model: &BertForQuestionAnswering<B>,
+    device: &B::Device,
+) {
     let mut group = c.benchmark_group(group);
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(10));
     for (batch, seq) in [(1, 128), (1, 384), (8, 384)] {
-        let x = input::<B>(batch, seq, &device);
+        let x = input::<B>(batch, seq, device);
         group.bench_function(format!("bs{batch}-seq{seq}"), |b| {
             b.iter(|| {
                 let out = model.forward(&x);
@@ -57,6 +66,13 @@ fn inference(c: &mut Criterion) {
     };
     let model_dir = shared.join("models/all-MiniLM-L6-v2");
     bench_backend::<Flex>(c, "minilm-qa-forward/flex", &model_dir);
+    // int8 linear layers (`qa quantize`) on the CPU backend.
+    let device = Default::default();
+    let int8 = load_pretrained::<Flex>(&model_dir, &device)
+        .unwrap()
+        .model
+        .quantized();
+    bench_model(c, "minilm-qa-forward/int8", &int8, &device);
     bench_backend::<NdArray>(c, "minilm-qa-forward/ndarray", &model_dir);
     let others = std::env::var("QA_BENCH_MODELS").unwrap_or_default();
     for entry in others.split(',').filter(|e| !e.is_empty()) {

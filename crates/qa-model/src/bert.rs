@@ -7,6 +7,8 @@
 
 pub mod deberta;
 
+use std::sync::Arc;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
@@ -17,7 +19,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::{Activation, BertConfig, RelativeAttention};
-use crate::kernels;
+use crate::int8::{self, Int8Matrix, Int8Weights};
+use crate::kernels::{self, Products};
 use crate::precision::Precision;
 use deberta::{Relative, RelativeEmbeddings};
 
@@ -90,7 +93,7 @@ pub struct Embeddings<B: Backend> {
 }
 
 impl<B: Backend> Embeddings<B> {
-    fn forward(&self, input: &BertInput<B>, precision: Precision) -> Tensor<B, 3> {
+    fn forward(&self, input: &BertInput<B>, products: Products<'_>) -> Tensor<B, 3> {
         let input_ids = input.input_ids.clone();
         let token_type_ids = input.token_type_ids.clone();
         if self.projects_before_norm {
@@ -98,7 +101,7 @@ impl<B: Backend> Embeddings<B> {
                 input_ids,
                 token_type_ids,
                 input.padding_mask.as_ref(),
-                precision,
+                products,
             );
         }
         let [_, seq] = input_ids.dims();
@@ -118,7 +121,7 @@ impl<B: Backend> Embeddings<B> {
         let x = kernels::add_layer_norm(&self.layer_norm, x, positions, self.layer_norm_eps);
         let x = kernels::dropout(&self.dropout, x);
         match self.projection.first() {
-            Some(projection) => kernels::linear(projection, x, precision),
+            Some(projection) => kernels::linear(projection, x, products),
             None => x,
         }
     }
@@ -142,7 +145,7 @@ impl<B: Backend> Embeddings<B> {
         input_ids: Tensor<B, 2, Int>,
         token_type_ids: Tensor<B, 2, Int>,
         padding: Option<&Tensor<B, 2, Bool>>,
-        precision: Precision,
+        products: Products<'_>,
     ) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();
         let mut x = self.word_embeddings.forward(input_ids);
@@ -153,7 +156,7 @@ impl<B: Backend> Embeddings<B> {
             x = x + types.forward(token_type_ids);
         }
         if let Some(projection) = self.projection.first() {
-            x = kernels::linear(projection, x, precision);
+            x = kernels::linear(projection, x, products);
         }
         let x = kernels::layer_norm(&self.layer_norm, x, self.layer_norm_eps);
         let width = x.dims()[2];
@@ -197,18 +200,18 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         padding: Option<&Tensor<B, 2, Bool>>,
         relative: Option<&Relative<B>>,
-        precision: Precision,
+        products: Products<'_>,
     ) -> Tensor<B, 3> {
-        let q = kernels::linear(&self.query, x.clone(), precision);
-        let k = kernels::linear(&self.key, x.clone(), precision);
-        let v = kernels::linear(&self.value, x.clone(), precision);
+        let q = kernels::linear(&self.query, x.clone(), products);
+        let k = kernels::linear(&self.key, x.clone(), products);
+        let v = kernels::linear(&self.value, x.clone(), products);
 
         let (heads, dropout) = (self.heads, &self.attention_dropout);
         let context = match relative {
-            Some(relative) => self.disentangled([q, k, v], padding, relative, precision),
-            None => kernels::attention(q, k, v, padding, heads, dropout, precision),
+            Some(relative) => self.disentangled([q, k, v], padding, relative, products),
+            None => kernels::attention(q, k, v, padding, heads, dropout, products.precision),
         };
-        let out = kernels::linear(&self.output, context, precision);
+        let out = kernels::linear(&self.output, context, products);
         let out = kernels::dropout(&self.dropout, out);
         kernels::add_layer_norm(&self.layer_norm, out, x, self.layer_norm_eps)
     }
@@ -228,14 +231,14 @@ pub struct FeedForward<B: Backend> {
 }
 
 impl<B: Backend> FeedForward<B> {
-    fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
-        let h = kernels::linear(&self.intermediate, x.clone(), precision);
+    fn forward(&self, x: Tensor<B, 3>, products: Products<'_>) -> Tensor<B, 3> {
+        let h = kernels::linear(&self.intermediate, x.clone(), products);
         let h = match self.activation {
             Activation::Gelu => kernels::gelu(h),
             Activation::GeluApproximate => gelu_approximate(h),
             Activation::Relu => relu(h),
         };
-        let out = kernels::linear(&self.output, h, precision);
+        let out = kernels::linear(&self.output, h, products);
         let out = kernels::dropout(&self.dropout, out);
         kernels::add_layer_norm(&self.layer_norm, out, x, self.layer_norm_eps)
     }
@@ -257,24 +260,70 @@ pub struct BertModel<B: Backend> {
     /// What the matrix products run in; not saved with the weights.
     #[module(skip)]
     pub precision: Precision,
+    /// A quantized model's int8 weights (see [`BertForQuestionAnswering::quantized`]).
+    #[module(skip)]
+    pub int8: Option<Arc<Int8Weights>>,
 }
 
 impl<B: Backend> BertModel<B> {
+    /// The embedding tables [`BertForQuestionAnswering::quantized`] stores as int8.
+    fn tables(&mut self) -> impl Iterator<Item = &mut Embedding<B>> {
+        let e = &mut self.embeddings;
+        std::iter::once(&mut e.word_embeddings)
+            .chain(e.position_embeddings.iter_mut())
+            .chain(e.token_type_embeddings.iter_mut())
+            .chain(self.relative.iter_mut().map(|r| &mut r.table))
+    }
+
+    /// The linear layers [`BertForQuestionAnswering::quantized`] makes int8.
+    fn quantizable(&mut self) -> impl Iterator<Item = &mut Linear<B>> {
+        self.layers.iter_mut().flat_map(|layer| {
+            let (a, f) = (&mut layer.attention, &mut layer.feed_forward);
+            [&mut a.query, &mut a.key, &mut a.value, &mut a.output]
+                .into_iter()
+                .chain(a.position_key.iter_mut())
+                .chain(a.position_query.iter_mut())
+                .chain([&mut f.intermediate, &mut f.output])
+        })
+    }
+
     /// Last hidden states, `[batch, seq, hidden]`.
     pub fn forward(&self, input: &BertInput<B>) -> Tensor<B, 3> {
-        let precision = self.precision;
-        let mut x = self.embeddings.forward(input, precision);
+        let products = Products {
+            precision: self.precision,
+            int8: self.int8.as_deref(),
+        };
+        let mut x = self.embeddings.forward(input, products);
         let seq = x.dims()[1];
         let relative = self.relative.first().map(|r| r.for_length(seq));
         let padding = input.padding_mask.as_ref();
         for layer in &self.layers {
             x = layer
                 .attention
-                .forward(x, padding, relative.as_ref(), precision);
-            x = layer.feed_forward.forward(x, precision);
+                .forward(x, padding, relative.as_ref(), products);
+            x = layer.feed_forward.forward(x, products);
         }
         x
     }
+}
+
+/// A parameter's values on the host, as f32.
+fn host_values<B: Backend, const D: usize>(param: &Param<Tensor<B, D>>) -> Vec<f32> {
+    param
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 values")
+}
+
+/// `param` with new values of the same shape, on the same device, under the same id.
+fn replaced<B: Backend, const D: usize>(
+    param: &Param<Tensor<B, D>>,
+    values: Vec<f32>,
+) -> Param<Tensor<B, D>> {
+    let data = TensorData::new(values, param.dims());
+    Param::initialized(param.id, Tensor::from_data(data, &param.device()))
 }
 
 /// The encoder with a `Linear(hidden, 2)` span head, as transformers' `XForQuestionAnswering`.
@@ -408,6 +457,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
                     .into_iter()
                     .collect(),
                 precision: Precision::F32,
+                int8: None,
             },
             head_dropout: DropoutConfig::new(config.head_dropout()).init(),
             qa_outputs: linear(h, 2),
@@ -420,11 +470,48 @@ impl<B: Backend> BertForQuestionAnswering<B> {
         self
     }
 
+    /// The model with int8 weights in its encoder's linear layers (attention and feed-forward;
+    /// embeddings, layer norms and the span head stay f32): int8 products on the CPU. Each f32
+    /// weight becomes the one its codes stand for, so other backends run the same model.
+    pub fn quantized(mut self) -> Self {
+        let mut weights = Int8Weights::default();
+        for layer in self.bert.quantizable() {
+            let [inputs, outputs] = layer.weight.dims();
+            let matrix = Int8Matrix::quantize(&host_values(&layer.weight), inputs, outputs);
+            let id = layer.weight.id;
+            layer.weight = replaced(&layer.weight, matrix.dequantized());
+            weights.insert(id, matrix);
+        }
+        // Tables stay f32 in memory but hold what their int8 codes stand for, so the model saves
+        // as int8 at about a quarter of the size and loads back the same.
+        for table in self.bert.tables() {
+            let width = table.weight.dims()[1];
+            let (codes, scales) = int8::quantize_table(&host_values(&table.weight), width);
+            let id = table.weight.id;
+            table.weight = replaced(
+                &table.weight,
+                int8::dequantize_table(&codes, &scales, width),
+            );
+            weights.insert_table(id);
+        }
+        self.bert.int8 = Some(Arc::new(weights));
+        self
+    }
+
+    /// The int8 weights of a [`Self::quantized`] model.
+    pub fn int8(&self) -> Option<&Int8Weights> {
+        self.bert.int8.as_deref()
+    }
+
     /// Start and end logits with padding positions masked.
     pub fn forward(&self, input: &BertInput<B>) -> SpanLogits<B> {
         let hidden = kernels::dropout(&self.head_dropout, self.bert.forward(input));
         let [batch, seq, _] = hidden.dims();
-        let logits = kernels::linear(&self.qa_outputs, hidden, self.bert.precision);
+        let products = Products {
+            precision: self.bert.precision,
+            int8: None,
+        };
+        let logits = kernels::linear(&self.qa_outputs, hidden, products);
         let pick = |i: usize| {
             let l = logits
                 .clone()

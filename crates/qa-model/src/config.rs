@@ -159,9 +159,47 @@ pub struct BertConfig {
     /// differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_size: Option<usize>,
+    /// Set in a model `qa quantize` wrote: its linear layers hold int8 weights.
+    #[serde(
+        default,
+        rename = "quantization_config",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quantization: Option<Quantization>,
     /// Everything else in config.json (architectures, model_type, ...), kept when saving.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `quantization_config` of an int8 model (see [`crate::int8`]): what was quantized and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    pub quant_method: String,
+    #[serde(default)]
+    pub bits: u32,
+    #[serde(default)]
+    pub weights: String,
+    #[serde(default)]
+    pub activations: String,
+    #[serde(default)]
+    pub modules: String,
+}
+
+impl Quantization {
+    /// The one method this crate writes and reads.
+    pub const METHOD: &str = "qa-int8";
+
+    pub fn int8() -> Self {
+        Quantization {
+            quant_method: Self::METHOD.into(),
+            bits: 8,
+            weights: "int8, symmetric, one scale per output channel".into(),
+            activations: "int8, symmetric, one scale per row, computed at run time".into(),
+            modules: "attention and feed-forward linear layers; embeddings, layer norms and the \
+                      span head stay f32"
+                .into(),
+        }
+    }
 }
 
 mod defaults {
@@ -218,6 +256,17 @@ impl BertConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(q) = &self.quantization
+            && (q.quant_method != Quantization::METHOD || q.bits != 8)
+        {
+            return Err(format!(
+                "quantization_config: quant_method '{}' with {} bits is not supported (this \
+                 crate reads the 8-bit '{}' models `qa quantize` writes)",
+                q.quant_method,
+                q.bits,
+                Quantization::METHOD
+            ));
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
@@ -460,6 +509,7 @@ impl BertConfig {
             initializer_range: 0.02,
             pad_token_id: 0,
             embedding_size: None,
+            quantization: None,
             family: Family::Bert,
             extra: Default::default(),
         }

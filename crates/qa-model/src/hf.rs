@@ -19,8 +19,9 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 
 use crate::bert::{BertForQuestionAnswering, materialize};
-use crate::config::BertConfig;
+use crate::config::{BertConfig, Family, Quantization};
 use crate::error::{ModelError, write_atomic};
+use crate::int8;
 use crate::params::{HEAD_PREFIX, Slot, visit_parameters};
 use crate::record::{BURN_RECORD_FILE, load_record, save_record};
 
@@ -28,6 +29,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 pub const PYTORCH_FILE: &str = "pytorch_model.bin";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// An int8 weight `<name>` has its per-output scales in `<name>_scale`.
+const INT8_SCALE_SUFFIX: &str = "_scale";
 
 /// What loading did, for the user to read.
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +93,12 @@ pub fn load_pretrained<B: Backend>(
     let model = BertForQuestionAnswering::init_lazy(&config, device);
     let (model, report) = apply_tensors(model, &config, &weights_file, tensors, device)?;
     materialize(&model);
+    // The codes were read as the f32 weights they stand for; quantizing those gives the same
+    // codes back (see `int8`'s tests).
+    let model = match config.quantization {
+        Some(_) => model.quantized(),
+        None => model,
+    };
     Ok(LoadedModel {
         model,
         config,
@@ -134,6 +143,8 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, ModelErr
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            // An int8 weight's codes, scaled below.
+            Dtype::I8 => data.iter().map(|&b| b as i8 as f32).collect(),
             // Integer buffers (position_ids) are not parameters; keep them only to report them.
             _ => Vec::new(),
         };
@@ -147,7 +158,38 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, ModelErr
             },
         );
     }
+    scale_int8(&mut out).map_err(weights_error)?;
     Ok(out)
+}
+
+/// Turns every int8 weight's codes into the f32 values they stand for, `code · scale` per
+/// output row, dropping the scales.
+fn scale_int8(tensors: &mut HashMap<String, HostTensor>) -> Result<(), String> {
+    let int8: Vec<String> = tensors
+        .iter()
+        .filter(|(_, t)| t.dtype == "I8")
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in int8 {
+        let scale_name = format!("{name}{INT8_SCALE_SUFFIX}");
+        let scales = tensors
+            .remove(&scale_name)
+            .ok_or_else(|| format!("{name}: int8 values without their scales ({scale_name})"))?;
+        let weight = tensors.get_mut(&name).expect("listed above");
+        let rows = weight.shape.first().copied().unwrap_or(0);
+        if weight.shape.len() != 2 || scales.values.len() != rows {
+            return Err(format!(
+                "{scale_name}: {} scales for an int8 weight of shape {:?} (one per row expected)",
+                scales.values.len(),
+                weight.shape
+            ));
+        }
+        let cols = weight.shape[1];
+        for (row, scale) in weight.values.chunks_mut(cols.max(1)).zip(&scales.values) {
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    Ok(())
 }
 
 fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>, ModelError> {
@@ -307,28 +349,11 @@ pub fn save_pretrained<B: Backend>(
     dir: &Path,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    let mut copy = model.clone();
-    visit_parameters(&mut copy, config.family, &mut |name, slot| {
-        let (shape, values) = match slot {
-            Slot::Vector(p) => host(p.val()),
-            Slot::Table(p) => host(p.val()),
-            Slot::LinearWeight(p) => {
-                let (shape, values) = host(p.val());
-                (
-                    vec![shape[1], shape[0]],
-                    transpose(&values, shape[0], shape[1]),
-                )
-            }
-        };
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.insert(name.to_string(), (shape, bytes));
-        Ok(())
-    })?;
+    let tensors = host_tensors(model, config.family)?;
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(name, (shape, bytes))| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(name, (dtype, shape, bytes))| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .expect("shape matches byte length");
             (name.clone(), view)
         })
@@ -340,6 +365,10 @@ pub fn save_pretrained<B: Backend>(
         message: e.to_string(),
     })?;
     write_atomic(&safetensors_path, &bytes)?;
+    let config = BertConfig {
+        quantization: model.int8().map(|_| Quantization::int8()),
+        ..config.clone()
+    };
     write_atomic(
         &dir.join(CONFIG_FILE),
         config.to_question_answering_json().as_bytes(),
@@ -348,7 +377,68 @@ pub fn save_pretrained<B: Backend>(
         let bytes = std::fs::read(&from).map_err(|e| ModelError::io(&from, e))?;
         write_atomic(&dir.join(name), &bytes)?;
     }
-    save_record(model, &dir.join(BURN_RECORD_FILE))
+    let record = dir.join(BURN_RECORD_FILE);
+    if model.int8().is_none() {
+        return save_record(model, &record);
+    }
+    // burn's record holds f32 weights (four times the size); an int8 model is its safetensors.
+    match std::fs::remove_file(&record) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ModelError::io(&record, e)),
+        _ => Ok(()),
+    }
+}
+
+/// A tensor as safetensors stores it: dtype, shape and little-endian bytes.
+type SavedTensor = (Dtype, Vec<usize>, Vec<u8>);
+
+/// Every parameter as safetensors wants it: name -> (dtype, Hugging Face shape, bytes). An int8
+/// weight is saved as its `[outputs, inputs]` codes with `<name>_scale`, one f32 per output; an
+/// int8 table as `[rows, width]` codes with one scale per row.
+fn host_tensors<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    family: Family,
+) -> Result<BTreeMap<String, SavedTensor>, ModelError> {
+    let f32_bytes = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut tensors = BTreeMap::new();
+    let mut copy = model.clone();
+    visit_parameters(&mut copy, family, &mut |name, slot| {
+        let int8 = model.int8();
+        let matrix = match &slot {
+            Slot::LinearWeight(p) => int8.and_then(|w| w.get(p.id)),
+            _ => None,
+        };
+        let int8_table = match &slot {
+            Slot::Table(p) => int8.is_some_and(|w| w.stores_table(p.id)),
+            _ => false,
+        };
+        let (shape, values) = match slot {
+            Slot::Vector(p) => host(p.val()),
+            Slot::Table(p) => host(p.val()),
+            Slot::LinearWeight(p) => {
+                let (shape, values) = host(p.val());
+                (
+                    vec![shape[1], shape[0]],
+                    transpose(&values, shape[0], shape[1]),
+                )
+            }
+        };
+        let codes = match matrix {
+            Some(matrix) => Some((matrix.rows(), matrix.scales().to_vec())),
+            None if int8_table => Some(int8::quantize_table(&values, shape[1])),
+            None => None,
+        };
+        let entry = match codes {
+            Some((codes, scales)) => {
+                let scale = (Dtype::F32, vec![shape[0]], f32_bytes(&scales));
+                tensors.insert(format!("{name}{INT8_SCALE_SUFFIX}"), scale);
+                (Dtype::I8, shape, codes.iter().map(|&c| c as u8).collect())
+            }
+            None => (Dtype::F32, shape, f32_bytes(&values)),
+        };
+        tensors.insert(name.to_string(), entry);
+        Ok(())
+    })?;
+    Ok(tensors)
 }
 
 /// The files to copy for `tokenizer` (see [`save_pretrained`]) and their names in the copy.
@@ -373,6 +463,10 @@ pub fn load_model<B: Backend>(
     if dir.join(BURN_RECORD_FILE).is_file() {
         match load_record(dir, device) {
             Ok((model, config)) => {
+                let model = match config.quantization {
+                    Some(_) => model.quantized(),
+                    None => model,
+                };
                 let report = LoadReport {
                     weights_file: dir.join(BURN_RECORD_FILE),
                     dtypes: vec!["F32".into()],

@@ -31,6 +31,7 @@ use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
+use crate::int8::Int8Weights;
 use crate::precision::Precision;
 
 mod autodiff;
@@ -38,21 +39,41 @@ mod flex;
 mod math;
 mod routines;
 
+/// How a forward pass computes its matrix products: their precision and, for a quantized
+/// model, the int8 weights of its linear layers (see [`crate::int8`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Products<'a> {
+    pub precision: Precision,
+    pub int8: Option<&'a Int8Weights>,
+}
+
+impl Products<'_> {
+    /// f32 products, no int8 weights.
+    pub const F32: Products<'static> = Products {
+        precision: Precision::F32,
+        int8: None,
+    };
+}
+
 /// `x W + b` over `[batch, seq, features]`, as one 2-D matrix product (burn's `Linear` broadcasts
 /// the weight to the batch, which costs a copy on the CPU).
-/// Under bf16 the product runs on burn's operations with bf16 operands (see [`Precision`]).
+/// Under bf16 the product runs on burn's operations with bf16 operands (see [`Precision`]); a
+/// layer with int8 weights runs int8 products on the CPU (`Flex`), its dequantized f32 weight
+/// elsewhere.
 pub fn linear<B: Backend>(
     layer: &Linear<B>,
     x: Tensor<B, 3>,
-    precision: Precision,
+    products: Products<'_>,
 ) -> Tensor<B, 3> {
     let [batch, seq, features] = x.dims();
     let x = x.reshape([batch * seq, features]);
-    let y = match precision {
+    let int8 = products.int8.and_then(|w| w.get(layer.weight.id));
+    let y = match products.precision {
         Precision::F32 => autodiff::linear(layer, x)
+            .or_else(|x| flex::linear_int8(layer, int8, x))
             .or_else(|x| flex::linear(layer, x))
             .unwrap_or_else(|x| layer.forward(x)),
-        Precision::Bf16 => linear_in(precision, layer, x),
+        Precision::Bf16 => linear_in(products.precision, layer, x),
     };
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
@@ -300,7 +321,7 @@ mod tests {
                 .with_bias(bias)
                 .init::<B>(&Default::default());
             let want = layer.forward(x.clone());
-            assert_close(linear(&layer, x.clone(), Precision::F32), want, 1e-5);
+            assert_close(linear(&layer, x.clone(), Products::F32), want, 1e-5);
         }
     }
 

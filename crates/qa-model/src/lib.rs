@@ -8,6 +8,7 @@
 //! | the encoder and span head, generic over the backend (DeBERTa's relative attention in [`bert::deberta`]) | [`bert`] |
 //! | features -> padded tensors, the span loss | [`batch`] |
 //! | linear, attention, GELU, dropout, layer norm: one dispatch over the CPU paths and burn's ops | [`kernels`] |
+//! | int8 linear layers for CPU inference: quantized weights, kernels per instruction set | [`int8`] |
 //! | each parameter's Hugging Face name | [`params`] |
 //! | f32, or bf16 matrix products with f32 weights (mixed precision) | [`precision`] |
 //! | Hugging Face directories in and out | [`hf`] |
@@ -25,6 +26,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod hf;
+pub mod int8;
 pub mod kernels;
 pub mod params;
 pub mod precision;
@@ -35,7 +37,7 @@ pub use answering::{
 };
 pub use batch::Window;
 pub use bert::{BertForQuestionAnswering, BertInput, BertModel, MASKED_LOGIT, SpanLogits};
-pub use config::{Activation, BertConfig, Family, RelativeAttention};
+pub use config::{Activation, BertConfig, Family, Quantization, RelativeAttention};
 pub use device::{DeviceChoice, OnBackend, run_on};
 pub use error::ModelError;
 pub use hf::{LoadReport, LoadedModel, load_model, load_pretrained, save_pretrained};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::module::Module;
 use burn::optim::Optimizer;
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use qa_data::checksum::sha256_hex;
 use qa_model::BertForQuestionAnswering;
@@ -204,15 +204,23 @@ pub(crate) fn restore<B: AutodiffBackend>(
     optim: GroupedAdamW<B>,
     device: &B::Device,
 ) -> anyhow::Result<(BertForQuestionAnswering<B>, GroupedAdamW<B>)> {
-    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-    let model_record = recorder
-        .load(checkpoint.record(MODEL_RECORD)?.to_vec(), device)
-        .context("checkpoint model record does not fit this model")?;
+    let model_record = decode(checkpoint, MODEL_RECORD, device)?;
     let optim = optim.load_record((
-        recorder.load(checkpoint.record(OPTIM_DECAY_RECORD)?.to_vec(), device)?,
-        recorder.load(checkpoint.record(OPTIM_NO_DECAY_RECORD)?.to_vec(), device)?,
+        decode(checkpoint, OPTIM_DECAY_RECORD, device)?,
+        decode(checkpoint, OPTIM_NO_DECAY_RECORD, device)?,
     ));
     Ok((model.load_record(model_record), optim))
+}
+
+/// A record of the checkpoint, decoded without burn's recorder, which panics on a record of
+/// another layout (one from another version of this crate).
+fn decode<B: AutodiffBackend, R: Record<B>>(
+    checkpoint: &Loaded,
+    name: &str,
+    device: &B::Device,
+) -> anyhow::Result<R> {
+    qa_model::record::decode_record(checkpoint.record(name)?, device)
+        .map_err(|e| anyhow::anyhow!("the checkpoint's {name} does not fit this version: {e}"))
 }
 
 #[cfg(test)]

@@ -100,12 +100,13 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         .precision
         .check::<B>(device)
         .map_err(anyhow::Error::msg)?;
+    let model_dir = resolve_model(&config.model)?;
+    refuse_int8(&model_dir)?;
     prepare_output_dir(config, options)?;
     let resume_from = options
         .resume
         .then(|| checkpoint::load_latest(&config.output_dir))
         .transpose()?;
-    let model_dir = resolve_model(&config.model)?;
     let tokenizer = QaTokenizer::from_path(&model_dir, Casing::Auto)?;
     let (train, labelled, eval) = load_data(config, &tokenizer, say)?;
 
@@ -277,6 +278,19 @@ pub fn resolve_model(name: &str) -> anyhow::Result<PathBuf> {
          ({}); fetch it with `cargo xtask download --model {name}`",
         cache.display()
     )
+}
+
+/// An int8 model (`qa quantize`) answers questions; its weights cannot be trained.
+fn refuse_int8(model_dir: &Path) -> anyhow::Result<()> {
+    let path = model_dir.join("config.json");
+    if BertConfig::load(&path)?.quantization.is_some() {
+        bail!(
+            "{}: an int8 model (written by `qa quantize`) answers questions but cannot be \
+             trained; train the f32 model it was quantized from",
+            model_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// `$QA_CACHE_DIR/models`, or `.cache/models` under the current directory.

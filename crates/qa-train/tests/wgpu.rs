@@ -3,57 +3,37 @@
 //! a wgpu adapter equal those on `Flex` and `Autodiff<Flex>`. In CI the adapter is Mesa's
 //! lavapipe, a Vulkan device on the CPU; on a machine with a GPU it is the GPU.
 //!
-//! One test binary for the whole path, here because it needs the trainer: compiling the model
-//! for wgpu takes minutes, so it is compiled once. Built with `--features wgpu` only, and ignored
-//! in a plain `cargo test`, which cannot assume a Vulkan device; `.ci/run` installs lavapipe and
-//! runs it with `--include-ignored`. The progress lines (`--nocapture`) carry the seconds since
-//! each run began, which show what the first calls spend compiling and autotuning kernels.
-#![cfg(feature = "wgpu")]
+//! One test binary for the whole path, here because it needs the trainer. It is built by a plain
+//! `cargo test` (burn's wgpu backend is a dev-dependency), so CI compiles the trainer once, not a
+//! second time with the `wgpu` feature; the tests are ignored there, as a plain `cargo test`
+//! cannot assume a Vulkan device. `.ci/run` installs lavapipe and runs them with
+//! `--include-ignored`. The progress lines (`--nocapture`) carry the seconds since each run
+//! began, which show what the first calls spend compiling and autotuning kernels.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::backend::wgpu::WgpuDevice;
-use burn::backend::{Autodiff, Flex};
+use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::backend::Backend;
 use qa_data::{Dataset, LoadOptions};
-use qa_model::device::{Device, DeviceChoice, WgpuBackend, choose, wgpu_adapters};
-use qa_model::{BertInput, Precision, QuestionAnswerer, load_pretrained};
+use qa_model::{Precision, QuestionAnswerer, load_pretrained};
 
 mod common;
+#[path = "../../../tests/support/made_up.rs"]
+mod made_up;
 
-use common::support::{self, FAMILIES};
+use common::support::{self, FAMILIES, family};
 use common::{close, config, losses, start_model};
+use made_up::made_up_input;
 
-/// The device `--device wgpu` runs on; fails, saying what is missing, without one.
+/// burn's wgpu backend with fusion and autotuning, as `--device wgpu` runs it.
+type WgpuBackend = Wgpu;
+
+/// cubecl's default adapter: a GPU where there is one, else (in CI) lavapipe. Which adapter
+/// `--device wgpu` and `auto` choose is tested in `qa_model::device` with stand-in probes.
 fn gpu_device() -> WgpuDevice {
-    let decision = choose(DeviceChoice::Wgpu).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("device: {}", decision.reason);
-    match decision.device {
-        Device::Wgpu(kind, index) => wgpu_adapters::device(kind, index),
-        other => panic!("device = \"wgpu\" chose {other}"),
-    }
-}
-
-fn family(name: &str) -> PathBuf {
-    support::family_fixtures().join(name)
-}
-
-/// Two rows of made-up ids below every fixture's vocabulary size, the second one padded.
-fn input<B: Backend>(pad_id: usize, device: &B::Device) -> BertInput<B> {
-    let len = 24;
-    let real = [24usize, 17];
-    let (mut ids, mut types, mut padding) = (Vec::new(), Vec::new(), Vec::new());
-    for (row, &n) in real.iter().enumerate() {
-        for i in 0..len {
-            let id = 5 + ((i * 37 + row * 11) % 90) as i32;
-            ids.push(if i < n { id } else { pad_id as i32 });
-            types.push(i32::from(i >= 9 && i < n));
-            padding.push(i >= n);
-        }
-    }
-    BertInput::from_host(ids, types, padding, [real.len(), len], device)
+    WgpuDevice::default()
 }
 
 /// A family's start and end logits for [`input`], on backend `B`.
@@ -61,7 +41,7 @@ fn logits<B: Backend>(name: &str, device: &B::Device) -> Vec<f32> {
     let loaded = load_pretrained::<B>(&family(name), device).unwrap();
     let out = loaded
         .model
-        .forward(&input::<B>(loaded.config.pad_token_id, device));
+        .forward(&made_up_input::<B>(loaded.config.pad_token_id, device));
     let mut values: Vec<f32> = out.start.into_data().to_vec().unwrap();
     values.extend(out.end.into_data().to_vec::<f32>().unwrap());
     values

@@ -12,7 +12,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use super::Attention;
 use crate::config::RelativeAttention;
 use crate::kernels;
-use crate::precision::Precision;
+use crate::kernels::Products;
 
 /// `encoder.rel_embeddings`, with `encoder.LayerNorm` where `norm_rel_ebd` asks for it.
 #[derive(Module, Debug)]
@@ -87,7 +87,7 @@ impl<B: Backend> Attention<B> {
         [q, k, v]: [Tensor<B, 3>; 3],
         padding: Option<&Tensor<B, 2, Bool>>,
         relative: &Relative<B>,
-        precision: Precision,
+        products: Products<'_>,
     ) -> Tensor<B, 3> {
         let [batch, seq, hidden] = q.dims();
         let (heads, d) = (self.heads, hidden / self.heads);
@@ -100,7 +100,7 @@ impl<B: Backend> Attention<B> {
         let table = table.unsqueeze::<3>();
         // `[batch, heads, 2 span, d]`: the table through one of the projections.
         let positions = |projection: &Linear<B>| {
-            kernels::linear(projection, table.clone(), precision)
+            kernels::linear(projection, table.clone(), products)
                 .reshape([1, rows2, heads, d])
                 .swap_dims(1, 2)
                 .expand([batch, heads, rows2, d])
@@ -108,18 +108,22 @@ impl<B: Backend> Attention<B> {
         let rows =
             |t: Tensor<B, 2, Int>| t.reshape([1, 1, seq, seq]).expand([batch, heads, seq, seq]);
 
-        let mut scores = precision.matmul(q.clone(), k.clone().swap_dims(2, 3));
+        let mut scores = products
+            .precision
+            .matmul(q.clone(), k.clone().swap_dims(2, 3));
         let mut terms = 1;
         if spec.content_to_position {
             let key = self.position_key.first().unwrap_or(&self.key);
-            let by_distance = precision.matmul(q, positions(key).swap_dims(2, 3));
+            let by_distance = products.precision.matmul(q, positions(key).swap_dims(2, 3));
             scores = scores + by_distance.gather(3, rows(relative.rows.clone()));
             terms += 1;
         }
         if spec.position_to_content {
             let query = self.position_query.first().unwrap_or(&self.query);
             // Row `j` (a key) against every distance, read at (key j, query i), then turned.
-            let by_distance = precision.matmul(k, positions(query).swap_dims(2, 3));
+            let by_distance = products
+                .precision
+                .matmul(k, positions(query).swap_dims(2, 3));
             let turned = rows(relative.rows.clone().swap_dims(0, 1));
             scores = scores + by_distance.gather(3, turned).swap_dims(2, 3);
             terms += 1;
@@ -130,7 +134,7 @@ impl<B: Backend> Attention<B> {
             None => scores,
         };
         let probs = kernels::dropout(&self.attention_dropout, softmax(scores, 3));
-        kernels::merge_heads(precision.matmul(probs, v))
+        kernels::merge_heads(products.precision.matmul(probs, v))
     }
 }
 

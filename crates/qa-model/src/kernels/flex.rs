@@ -9,6 +9,8 @@ use burn::tensor::{Bool, DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::int8::{self, Int8Matrix, Isa};
+
 use super::routines::{AttentionShape, CHUNK, attention_f32, linear_f32};
 use super::{Qkv, math, native};
 
@@ -117,6 +119,31 @@ pub(super) fn linear<B: Backend>(
     });
     let out = linear_f32([m, k, n], f32s(&x), f32s(&weight), bias.as_ref().map(f32s));
     Ok(native::give::<Flex, _, _>(f32_tensor(out, [m, n])))
+}
+
+/// `x W + b` with int8 products (see [`crate::int8`]) for a layer that has int8 weights.
+pub(super) fn linear_int8<B: Backend>(
+    layer: &Linear<B>,
+    int8: Option<&Int8Matrix>,
+    x: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let Some(w) = int8 else { return Err(x) };
+    if !native::is::<Flex, B>() || x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let [m, k] = x.dims();
+    assert_eq!(
+        k, w.inputs,
+        "int8 weights of another shape than the layer's input"
+    );
+    let x = native::take::<Flex, _, _>(x)?.to_contiguous();
+    let bias = layer.bias.as_ref().map(|b| {
+        native::take::<Flex, _, _>(b.val())
+            .unwrap_or_else(|_| panic!("a {:?} bias beside int8 weights", b.val().dtype()))
+            .to_contiguous()
+    });
+    let out = int8::linear(f32s(&x), m, w, bias.as_ref().map(f32s), Isa::best());
+    Ok(native::give::<Flex, _, _>(f32_tensor(out, [m, w.outputs])))
 }
 
 /// The values of a contiguous f32 tensor.
