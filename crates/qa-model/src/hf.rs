@@ -93,12 +93,7 @@ pub fn load_pretrained<B: Backend>(
     let model = BertForQuestionAnswering::init_lazy(&config, device);
     let (model, report) = apply_tensors(model, &config, &weights_file, tensors, device)?;
     materialize(&model);
-    // The codes were read as the f32 weights they stand for; quantizing those gives the same
-    // codes back (see `int8`'s tests).
-    let model = match config.quantization {
-        Some(_) => model.quantized(),
-        None => model,
-    };
+    let model = as_configured(model, &config);
     Ok(LoadedModel {
         model,
         config,
@@ -160,6 +155,18 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, ModelErr
     }
     scale_int8(&mut out).map_err(weights_error)?;
     Ok(out)
+}
+
+/// `model` made int8 again where its config says it was saved so. Its weights were read as the
+/// f32 values the codes stand for; quantizing those gives the same codes back (`int8`'s tests).
+fn as_configured<B: Backend>(
+    model: BertForQuestionAnswering<B>,
+    config: &BertConfig,
+) -> BertForQuestionAnswering<B> {
+    match config.quantization {
+        Some(_) => model.quantized(),
+        None => model,
+    }
 }
 
 /// Turns every int8 weight's codes into the f32 values they stand for, `code · scale` per
@@ -463,10 +470,7 @@ pub fn load_model<B: Backend>(
     if dir.join(BURN_RECORD_FILE).is_file() {
         match load_record(dir, device) {
             Ok((model, config)) => {
-                let model = match config.quantization {
-                    Some(_) => model.quantized(),
-                    None => model,
-                };
+                let model = as_configured(model, &config);
                 let report = LoadReport {
                     weights_file: dir.join(BURN_RECORD_FILE),
                     dtypes: vec!["F32".into()],

@@ -125,16 +125,11 @@ impl Int8Matrix {
             inputs * outputs,
             "weight is [inputs, outputs]"
         );
-        let column = |c: usize| (0..inputs).map(move |k| weight[k * outputs + c]);
-        let scales: Vec<f32> = (0..outputs)
-            .map(|c| column(c).fold(0.0f32, |m, w| m.max(w.abs())) / QMAX)
+        // Output channels as rows, each on its own scale: a table's quantization.
+        let channels: Vec<f32> = (0..outputs)
+            .flat_map(|c| (0..inputs).map(move |k| weight[k * outputs + c]))
             .collect();
-        let mut rows = vec![0i8; outputs * inputs];
-        for (c, row) in rows.chunks_mut(inputs.max(1)).enumerate().take(outputs) {
-            for (code, w) in row.iter_mut().zip(column(c)) {
-                *code = quantize_value(w, scales[c]);
-            }
-        }
+        let (rows, scales) = quantize_table(&channels, inputs);
         Self::from_rows(&rows, scales, inputs, outputs)
     }
 
