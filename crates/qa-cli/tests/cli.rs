@@ -182,8 +182,8 @@ fn predict_answers_with_spans_in_the_context() {
     assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
 }
 
-/// `--precision bf16` answers on the CPU (burn-flex runs bf16) with the same kind of answers;
-/// `--device wgpu` in a build without the feature is an error saying so, not a crash.
+/// `--precision bf16` answers on a CPU with AVX-512 BF16 and is refused on one without, saying
+/// why; `--device wgpu` in a build without the feature is an error saying so, not a crash.
 #[test]
 fn precision_and_device_flags_reach_the_model_or_say_why_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,7 +195,18 @@ fn precision_and_device_flags_reach_the_model_or_say_why_not() {
             .arg(&model)
             .args(extra))
     };
-    for precision in ["f32", "bf16"] {
+    let bf16_native = qa_model::kernels::bf16_native();
+    if !bf16_native {
+        let out = predict(&["--device", "cpu", "--precision", "bf16"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("AVX-512 BF16"), "{}", stderr(&out));
+    }
+    let precisions: &[&str] = if bf16_native {
+        &["f32", "bf16"]
+    } else {
+        &["f32"]
+    };
+    for &precision in precisions {
         let out = predict(&["--device", "cpu", "--precision", precision]);
         assert!(out.status.success(), "{precision}: {}", stderr(&out));
         let answers: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();

@@ -15,6 +15,8 @@ use burn::module::ParamId;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+mod vnni;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 /// The largest int8 code; -127..=127 keeps the range symmetric.
@@ -96,6 +98,8 @@ pub struct Int8Matrix {
     codes: Vec<i8>,
     /// The codes as i16, made on first use by a `vpmaddwd` path.
     wide: std::sync::OnceLock<Vec<i16>>,
+    /// The codes in the VNNI path's panels, made on its first use.
+    panels: std::sync::OnceLock<Vec<i8>>,
     stride: usize,
     /// `w ≈ code · scale`, per output channel.
     scales: Vec<f32>,
@@ -151,6 +155,7 @@ impl Int8Matrix {
             outputs,
             codes,
             wide: Default::default(),
+            panels: Default::default(),
             stride,
             scales,
             sums,
@@ -186,6 +191,13 @@ impl Int8Matrix {
     fn wide(&self) -> &[i16] {
         self.wide
             .get_or_init(|| self.codes.iter().map(|&c| c as i16).collect())
+    }
+
+    /// The codes packed for the VNNI path.
+    #[cfg(target_arch = "x86_64")]
+    fn panels(&self) -> &[i8] {
+        self.panels
+            .get_or_init(|| vnni::pack(&self.codes, self.stride, self.outputs))
     }
 
     fn row(&self, c: usize) -> &[i8] {
@@ -473,7 +485,13 @@ mod tests {
     #[test]
     fn every_path_this_cpu_has_matches_the_reference() {
         // Odd shapes: rows and columns that do not fill a tile, inputs that do not fill a step.
-        for (rows, inputs, outputs) in [(1, 1, 1), (5, 37, 7), (13, 130, 9), (64, 384, 33)] {
+        for (rows, inputs, outputs) in [
+            (1, 1, 1),
+            (5, 37, 7),
+            (13, 130, 9),
+            (19, 200, 70),
+            (64, 384, 33),
+        ] {
             let w = Int8Matrix::quantize(&values(inputs * outputs, 1), inputs, outputs);
             let x = values(rows * inputs, 2);
             for isa in Isa::available() {

@@ -10,8 +10,9 @@
 //! | [`layer_norm`] | one op, hand-written backward | burn's `LayerNorm` | burn's `LayerNorm` |
 //! | [`add_layer_norm`] | the sum, then [`layer_norm`] | one fused parallel pass | the sum, then burn's `LayerNorm` |
 //!
-//! Under [`Precision::Bf16`] the linear layers and attention leave these paths for burn's
-//! operations with bf16 operands, on every backend.
+//! Under [`Precision::Bf16`] both CPU paths run the same functions with bf16 operands summed in
+//! f32 ([`bf16`]: `vdpbf16ps` where the CPU has AVX-512 BF16); other backends run burn's
+//! operations on bf16 casts. An int8 model's layers run int8 products only in f32 precision.
 //!
 //! Why: burn-flex 0.21 runs its fused attention one (batch, head) pair at a time and its GELU with
 //! a scalar `erf`, both on one core, and a linear layer as a zero-filled matrix product followed by
@@ -35,6 +36,7 @@ use crate::int8::Int8Weights;
 use crate::precision::Precision;
 
 mod autodiff;
+mod bf16;
 mod flex;
 mod math;
 mod routines;
@@ -68,13 +70,17 @@ pub fn linear<B: Backend>(
     let [batch, seq, features] = x.dims();
     let x = x.reshape([batch * seq, features]);
     let int8 = products.int8.and_then(|w| w.get(layer.weight.id));
-    let y = match products.precision {
-        Precision::F32 => autodiff::linear(layer, x)
-            .or_else(|x| flex::linear_int8(layer, int8, x))
-            .or_else(|x| flex::linear(layer, x))
-            .unwrap_or_else(|x| layer.forward(x)),
-        Precision::Bf16 => linear_in(products.precision, layer, x),
-    };
+    let precision = products.precision;
+    let y = autodiff::linear(layer, x, precision)
+        .or_else(|x| match precision {
+            Precision::F32 => flex::linear_int8(layer, int8, x),
+            Precision::Bf16 => Err(x),
+        })
+        .or_else(|x| flex::linear(layer, x, precision))
+        .unwrap_or_else(|x| match precision {
+            Precision::F32 => layer.forward(x),
+            Precision::Bf16 => linear_in(precision, layer, x),
+        });
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
 }
@@ -109,12 +115,12 @@ pub fn attention<B: Backend>(
     precision: Precision,
 ) -> Tensor<B, 3> {
     let qkv = Qkv { q, k, v };
-    if precision != Precision::F32 {
-        return attention_spelled_out(qkv, padding, heads, dropout, precision);
-    }
-    autodiff::attention(qkv, padding, heads, dropout.prob)
-        .or_else(|qkv| flex::attention(qkv, padding, heads))
-        .unwrap_or_else(|qkv| attention_with_burn_ops(qkv, padding, heads, dropout))
+    autodiff::attention(qkv, padding, heads, dropout.prob, precision)
+        .or_else(|qkv| flex::attention(qkv, padding, heads, precision))
+        .unwrap_or_else(|qkv| match precision {
+            Precision::F32 => attention_with_burn_ops(qkv, padding, heads, dropout),
+            Precision::Bf16 => attention_spelled_out(qkv, padding, heads, dropout, precision),
+        })
 }
 
 /// Attention on any backend. burn's fused attention has no dropout, so while training with
@@ -248,6 +254,18 @@ pub fn add_layer_norm<B: Backend, const D: usize>(
         .unwrap_or_else(|(x, residual)| layer_norm(layer, x + residual, eps))
 }
 
+/// Whether `B` runs this module's CPU paths (burn-flex, with or without autodiff).
+pub(crate) fn on_cpu_kernels<B: Backend>() -> bool {
+    native::is::<burn::backend::Flex, B>()
+        || native::is::<burn::backend::Autodiff<burn::backend::Flex>, B>()
+}
+
+/// Whether this CPU runs bf16 products natively (AVX-512 BF16); elsewhere the CPU paths emulate
+/// them (same rounding, f32 speed or slower), and `precision = "bf16"` is refused.
+pub fn bf16_native() -> bool {
+    bf16::native()
+}
+
 /// A generic tensor as the float primitive of a concrete backend `N`, and back: how the CPU
 /// paths step out of the generic model code. Backends are told apart by `TypeId`.
 mod native {
@@ -323,6 +341,38 @@ mod tests {
             let want = layer.forward(x.clone());
             assert_close(linear(&layer, x.clone(), Products::F32), want, 1e-5);
         }
+    }
+
+    /// Our bf16 products (`bf16::matmul`) against burn's bf16 operations (what a GPU runs): the
+    /// operands are rounded alike, but burn's product comes back rounded to bf16 (8 bits), ours
+    /// in f32, so they differ by up to about 2⁻⁸ of a value.
+    #[test]
+    fn bf16_products_match_burns_bf16_operations() {
+        let bf16 = Products {
+            precision: Precision::Bf16,
+            int8: None,
+        };
+        let x = random([3, 5, 48]);
+        let layer = LinearConfig::new(48, 40).init::<B>(&Default::default());
+        let [batch, seq, _] = x.dims();
+        let burns = linear_in(
+            Precision::Bf16,
+            &layer,
+            x.clone().reshape([batch * seq, 48]),
+        );
+        assert_close(
+            linear(&layer, x, bf16),
+            burns.reshape([batch, seq, 40]),
+            2e-2,
+        );
+
+        let qkv = [0, 1, 2].map(|_| random([2, 9, 24]));
+        let none = Dropout { prob: 0.0 };
+        let [q, k, v] = qkv.clone();
+        let ours = attention(q, k, v, None, 3, &none, Precision::Bf16);
+        let [q, k, v] = qkv;
+        let burns = attention_spelled_out(Qkv { q, k, v }, None, 3, &none, Precision::Bf16);
+        assert_close(ours, burns, 2e-2);
     }
 
     #[test]

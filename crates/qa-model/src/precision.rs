@@ -31,8 +31,20 @@ impl Precision {
         }
     }
 
-    /// Why backend `B` cannot run this precision on `device`, if it cannot.
+    /// Why backend `B` cannot run this precision on `device`, if it cannot. On the CPU bf16
+    /// needs AVX-512 BF16: emulated, its products would be slower than f32, not faster.
     pub fn check<B: Backend>(self, device: &B::Device) -> Result<(), String> {
+        if self == Self::Bf16
+            && crate::kernels::on_cpu_kernels::<B>()
+            && !crate::kernels::bf16_native()
+        {
+            return Err(
+                "precision = \"bf16\" on the CPU needs AVX-512 BF16 (the vdpbf16ps \
+                        instruction: AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids \
+                        and later), which this CPU lacks; use precision = \"f32\""
+                    .into(),
+            );
+        }
         if self == Self::Bf16 && !B::supports_dtype(device, DType::BF16) {
             return Err(format!(
                 "precision = \"bf16\" needs a backend with bf16 arithmetic, and {} declares none \
@@ -97,8 +109,19 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_backend_runs_bf16() {
-        assert!(Precision::Bf16.check::<B>(&Default::default()).is_ok());
+    fn the_cpu_backend_runs_bf16_where_the_cpu_has_it() {
+        let device = Default::default();
+        let checks = [
+            Precision::Bf16.check::<B>(&device),
+            Precision::Bf16.check::<burn::backend::Autodiff<B>>(&device),
+        ];
+        for check in checks {
+            match crate::kernels::bf16_native() {
+                true => assert!(check.is_ok(), "{check:?}"),
+                false => assert!(check.unwrap_err().contains("AVX-512 BF16")),
+            }
+        }
+        assert!(Precision::F32.check::<B>(&device).is_ok());
     }
 
     #[test]

@@ -347,7 +347,12 @@ fn comparable(config: &TrainConfig) -> serde_json::Value {
     v
 }
 
+/// Refuses a resume whose settings differ from the checkpoint's. Keys the checkpoint's version did
+/// not know yet count as their defaults (read back through [`TrainConfig`]).
 fn check_same_config(saved: &serde_json::Value, now: &serde_json::Value) -> anyhow::Result<()> {
+    let saved = serde_json::from_value::<TrainConfig>(saved.clone())
+        .map(|c| comparable(&c))
+        .unwrap_or_else(|_| saved.clone());
     let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) else {
         return Ok(());
     };
@@ -379,5 +384,23 @@ mod tests {
         let err = check_same_config(&a, &b).unwrap_err().to_string();
         assert!(err.contains("learning_rate"), "{err}");
         check_same_config(&a, &a).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_newer_key_resumes_with_its_default() {
+        let config: TrainConfig =
+            toml::from_str("model = \"m\"\ntrain_data = \"t.json\"\n").unwrap();
+        let now = comparable(&config);
+        let mut older = now.clone();
+        older.as_object_mut().unwrap().remove("group_by_length");
+        check_same_config(&older, &now).unwrap();
+        let grouped = TrainConfig {
+            group_by_length: true,
+            ..config
+        };
+        let err = check_same_config(&older, &comparable(&grouped))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("group_by_length"), "{err}");
     }
 }

@@ -23,7 +23,7 @@ use crate::early_stopping::{StoppingRule, Verdict};
 use crate::grads::{clip_global_norm, scale_grads};
 use crate::learner::{GroupedAdamW, SpanBatch, SpanLearner, SpanModel, WarmupLinearDecay};
 use crate::log::{self, EvalRecord, LossRecord};
-use crate::order::epoch_order;
+use crate::order::{BatchPlan, mean_padded_length};
 use crate::progress::Progress;
 use crate::setup::{self, ModelExport, Plan, Split};
 
@@ -196,11 +196,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// The rest of the current epoch: micro-batches, an update after every accumulation, then
     /// the epoch's end.
     fn run_epoch(&mut self, say: &dyn Fn(String)) -> anyhow::Result<Flow> {
-        let order = epoch_order(&self.labelled, self.config.manual_seed, self.state.epoch);
-        let batches: Vec<&[usize]> = order.chunks(self.config.train_batch_size).collect();
+        let batches = self.epoch_batches(say);
         while self.state.micro_in_epoch < batches.len() {
             let started = Instant::now();
-            let indices = batches[self.state.micro_in_epoch];
+            let indices = &batches[self.state.micro_in_epoch];
             self.train_micro_batch(indices)?;
             let epoch_done = self.state.micro_in_epoch == batches.len();
             if self.pending == self.config.gradient_accumulation_steps || epoch_done {
@@ -214,6 +213,34 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             }
         }
         self.end_epoch(say)
+    }
+
+    /// The current epoch's micro-batches, announced with the length they pad to.
+    fn epoch_batches(&self, say: &dyn Fn(String)) -> Vec<Vec<usize>> {
+        let plan = BatchPlan {
+            batch_size: self.config.train_batch_size,
+            group_by_length: self.config.group_by_length,
+        };
+        let features = &self.train.features;
+        let length = |i: usize| features.seq_len(&features.features[i]);
+        let batches = plan.batches(
+            &self.labelled,
+            length,
+            self.config.manual_seed,
+            self.state.epoch,
+        );
+        say(format!(
+            "epoch {}: {} batches{}, padded to {:.1} tokens per feature on average",
+            self.state.epoch + 1,
+            batches.len(),
+            if plan.group_by_length {
+                " grouped by length"
+            } else {
+                ""
+            },
+            mean_padded_length(&batches, length, self.pad_to()),
+        ));
+        batches
     }
 
     /// Forward and backward over one micro-batch; its gradients join the accumulator.

@@ -148,8 +148,9 @@ fn final_weights(out: &Path) -> Vec<u8> {
 fn resumed_run_equals_uninterrupted_run() {
     let model = support::shared_minilm();
     let _turn = one_run_at_a_time();
-    // Dropout is on (MiniLM's config says 0.1), weight decay and clipping too.
-    let extra = "max_steps = 6\nlearning_rate = 1e-4\nwarmup_ratio = 0.2\nweight_decay = 0.01\nmax_grad_norm = 0.5\nevaluate_during_training = false\nnum_train_epochs = 5\ngradient_accumulation_steps = 2\ntrain_batch_size = 2\n";
+    // Dropout is on (MiniLM's config says 0.1), weight decay and clipping too; batches are
+    // grouped by length.
+    let extra = "max_steps = 6\nlearning_rate = 1e-4\nwarmup_ratio = 0.2\nweight_decay = 0.01\nmax_grad_norm = 0.5\nevaluate_during_training = false\nnum_train_epochs = 5\ngradient_accumulation_steps = 2\ntrain_batch_size = 2\ngroup_by_length = true\n";
     let (_a, straight) = setup(&model, extra);
     let summary = qa_train::train(&straight, &RunOptions::default(), &quiet).unwrap();
     assert_eq!(summary.global_step, 6);

@@ -1,5 +1,6 @@
-//! The x86 int8 kernels. One tile loop ([`tiles`]) over [`ROWS`] x [`COLS`] sums serves all
-//! three instruction sets; each [`Lanes`] implementation supplies the operations that differ
+//! The x86 int8 kernels. VNNI has its own register-blocked kernel ([`super::vnni`]); one tile loop
+//! ([`tiles`]) over [`ROWS`] x [`COLS`] sums serves the `vpmaddwd` paths, and each [`Lanes`]
+//! implementation supplies the operations that differ
 //! (load activations, load weights, multiply-accumulate, sum the lanes). The `vpmaddwd` paths
 //! read weights widened to i16 once ([`Int8Matrix::wide`]): widening them in the loop cost a
 //! shuffle per load.
@@ -35,7 +36,7 @@ pub(super) fn sums(
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn sums_vnni(a: &QuantizedRows, w: &Int8Matrix, rows: Range<usize>, out: &mut [i32]) {
-    unsafe { tiles::<Vnni, u8, i8>(&a.shifted, &w.codes, a.stride, w.outputs, rows, out) }
+    unsafe { super::vnni::sums(a, w, rows, out) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -218,39 +219,6 @@ impl Lanes<i16, i16> for Avx512Bw {
         _mm512_add_epi32(acc, _mm512_madd_epi16(a, w))
     }
     #[target_feature(enable = "avx512f,avx512bw")]
-    #[inline]
-    unsafe fn sum(v: __m512i) -> i32 {
-        _mm512_reduce_add_epi32(v)
-    }
-}
-
-struct Vnni;
-
-impl Lanes<u8, i8> for Vnni {
-    type V = __m512i;
-    const STEP: usize = 64;
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[inline]
-    unsafe fn zero() -> __m512i {
-        _mm512_setzero_si512()
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[inline]
-    unsafe fn load_activations(p: *const u8) -> __m512i {
-        unsafe { _mm512_loadu_si512(p.cast()) }
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[inline]
-    unsafe fn load_weights(p: *const i8) -> __m512i {
-        unsafe { _mm512_loadu_si512(p.cast()) }
-    }
-    /// Unsigned activation bytes times signed weight bytes, four products per i32 lane, exact.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[inline]
-    unsafe fn multiply_add(acc: __m512i, a: __m512i, w: __m512i) -> __m512i {
-        _mm512_dpbusd_epi32(acc, a, w)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
     unsafe fn sum(v: __m512i) -> i32 {
         _mm512_reduce_add_epi32(v)

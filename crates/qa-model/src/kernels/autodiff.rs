@@ -23,9 +23,10 @@ use rayon::prelude::*;
 use super::flex::{f32_tensor, f32s, host_mask, map_chunks};
 use super::math::{self, DropoutMask};
 use super::routines::{
-    AttentionShape, CHUNK, Mat, attention_backward_f32, attention_f32, linear_f32, matmul,
+    AttentionShape, CHUNK, Mat, attention_backward_f32, attention_f32, linear_f32, product,
 };
 use super::{DrawnMask, Qkv, native};
+use crate::precision::Precision;
 
 type Ad = Autodiff<Flex>;
 /// The float tensor of `Autodiff<Flex>`: a `FlexTensor` and its node in the autodiff graph.
@@ -88,12 +89,13 @@ fn output_grad<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> Fle
 struct LinearBackward;
 
 impl Backward<Flex, 3> for LinearBackward {
-    /// x `[m, k]` and W `[k, n]`, contiguous.
-    type State = (FlexTensor, FlexTensor);
+    /// x `[m, k]` and W `[k, n]`, contiguous, and the precision of the forward product (the
+    /// backward ones run in it too, as autocast's do).
+    type State = (FlexTensor, FlexTensor, Precision);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = output_grad(&ops, grads);
-        let (x, weight) = &ops.state;
+        let (x, weight, precision) = &ops.state;
         let [m, k] = dims(x);
         let [_, n] = dims(weight);
         let (x, weight, dy_v) = (f32s(x), f32s(weight), f32s(&dy));
@@ -104,7 +106,17 @@ impl Backward<Flex, 3> for LinearBackward {
             // SAFETY: the callers' strides describe x [m, k], W [k, n] and dy [m, n] (or their
             // transposes) within their slices; out has room for [rows, cols] and is only written.
             unsafe {
-                matmul(shape, out.as_mut_ptr(), cols, false, a, b, 1.0, true);
+                product(
+                    *precision,
+                    shape,
+                    out.as_mut_ptr(),
+                    cols,
+                    false,
+                    a,
+                    b,
+                    1.0,
+                    true,
+                );
                 out.set_len(rows * cols);
             }
             out
@@ -165,10 +177,12 @@ fn sum_in_order(partials: Vec<Vec<f32>>, width: usize) -> Vec<f32> {
         })
 }
 
-/// `x W + b` for `x: [m, k]` as one autodiff operation (layers without a bias take burn's path).
+/// `x W + b` for `x: [m, k]` as one autodiff operation, the products in `precision` (layers
+/// without a bias take burn's path).
 pub(super) fn linear<B: Backend>(
     layer: &Linear<B>,
     x: Tensor<B, 2>,
+    precision: Precision,
 ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
     let Some(bias) = &layer.bias else {
         return Err(x);
@@ -179,11 +193,11 @@ pub(super) fn linear<B: Backend>(
     } = operands(x, layer.weight.val(), bias.val())?;
     let [m, k] = dims(&xs);
     let [_, n] = dims(&ws);
-    let y = linear_f32([m, k, n], f32s(&xs), f32s(&ws), Some(f32s(&bs)));
+    let y = linear_f32(precision, [m, k, n], f32s(&xs), f32s(&ws), Some(f32s(&bs)));
     Ok(native::give::<Ad, _, _>(record(
         LinearBackward,
         [&x, &weight, &bias],
-        || (xs, ws),
+        || (xs, ws, precision),
         f32_tensor(y, [m, n]),
     )))
 }
@@ -464,12 +478,14 @@ impl Backward<Flex, 3> for AttentionBackward {
     }
 }
 
-/// Multi-head attention with dropout on the probabilities, as one autodiff operation.
+/// Multi-head attention with dropout on the probabilities, as one autodiff operation, the
+/// products in `precision`.
 pub(super) fn attention<B: Backend>(
     qkv: Qkv<B>,
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
     dropout_prob: f64,
+    precision: Precision,
 ) -> Result<Tensor<B, 3>, Qkv<B>> {
     if !native::is::<Ad, B>()
         || [&qkv.q, &qkv.k, &qkv.v]
@@ -480,7 +496,7 @@ pub(super) fn attention<B: Backend>(
     }
     let [batch, seq, _] = qkv.q.dims();
     let dropout = (dropout_prob > 0.0).then(|| draw_mask(dropout_prob, batch * heads * seq * seq));
-    Ok(attention_with(qkv, padding, heads, dropout))
+    Ok(attention_with(qkv, padding, heads, dropout, precision))
 }
 
 /// [`attention`] with its dropout mask given; `B` must be `Autodiff<Flex>` and `qkv` f32.
@@ -489,13 +505,14 @@ fn attention_with<B: Backend>(
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
     dropout: Option<DropoutMask>,
+    precision: Precision,
 ) -> Tensor<B, 3> {
     let [batch, seq, hidden] = qkv.q.dims();
     let [q, k, v] = [qkv.q, qkv.k, qkv.v]
         .map(|t| native::take::<Ad, _, _>(t).unwrap_or_else(|_| unreachable!("checked")));
     let values = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
     let padding = padding.map(host_mask);
-    let shape = AttentionShape::new(batch, seq, hidden, heads);
+    let shape = AttentionShape::new(batch, seq, hidden, heads).in_precision(precision);
     let [qs, ks, vs] = values.each_ref().map(f32s);
     let (context, probs) = attention_f32(
         shape,
@@ -583,7 +600,7 @@ mod tests {
             layer.forward(t[0].clone())
         });
         let (got_y, got) = output_and_grads(&[x], &r, |t| {
-            linear(&layer, t[0].clone()).unwrap_or_else(|_| panic!("not taken"))
+            linear(&layer, t[0].clone(), Precision::F32).unwrap_or_else(|_| panic!("not taken"))
         });
         assert_close(&got_y, &want_y, 1e-5, "output");
         assert_close(&got[0], &want[0], 1e-5, "dx");
@@ -597,7 +614,8 @@ mod tests {
         };
         let x = random([37, 24]);
         let (want_w, want_b) = grads_of(layer.forward(x.clone()));
-        let (got_w, got_b) = grads_of(linear(&layer, x).unwrap_or_else(|_| panic!()));
+        let (got_w, got_b) =
+            grads_of(linear(&layer, x, Precision::F32).unwrap_or_else(|_| panic!()));
         assert_close(&got_w, &want_w, 1e-4, "dW");
         assert_close(&got_b, &want_b, 1e-4, "db");
     }
@@ -719,12 +737,59 @@ mod tests {
                     k: t[1].clone(),
                     v: t[2].clone(),
                 };
-                attention_with(qkv, padding, heads, dropout)
+                attention_with(qkv, padding, heads, dropout, Precision::F32)
             });
             assert_close(&got_y, &want_y, 1e-5, "output");
             for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
                 assert_close(g, w, 1e-5, name);
             }
+        }
+    }
+
+    /// The largest difference relative to the largest f32 value: bf16 keeps 8 significant bits
+    /// (a relative error of at most 2⁻⁹ per operand), and sums of a few dozen such products
+    /// stay within 1 % of the largest value.
+    fn assert_tracks(got: &[f32], want: &[f32], what: &str) {
+        let range = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst > 0.0, "{what}: bf16 changed nothing");
+        assert!(worst <= 1e-2 * range, "{what}: {worst} of {range}");
+    }
+
+    #[test]
+    fn bf16_products_track_f32_in_linear_and_attention() {
+        let layer = LinearConfig::new(48, 40).init::<B>(&Default::default());
+        let x = random([37, 48]);
+        let r = random([37, 40]);
+        let run = |p| {
+            output_and_grads(std::slice::from_ref(&x), &r, |t| {
+                linear(&layer, t[0].clone(), p).unwrap_or_else(|_| panic!("not taken"))
+            })
+        };
+        let ((want_y, want), (got_y, got)) = (run(Precision::F32), run(Precision::Bf16));
+        assert_tracks(&got_y, &want_y, "linear output");
+        assert_tracks(&got[0], &want[0], "linear dx");
+
+        let (batch, seq, heads) = (2, 19, 3);
+        let qkv: Vec<_> = (0..3).map(|_| random([batch, seq, heads * 16])).collect();
+        let r = random([batch, seq, heads * 16]);
+        let run = |p| {
+            output_and_grads(&qkv, &r, |t| {
+                let qkv = Qkv {
+                    q: t[0].clone(),
+                    k: t[1].clone(),
+                    v: t[2].clone(),
+                };
+                attention_with(qkv, None, heads, Some(DropoutMask::new(0.1, 7)), p)
+            })
+        };
+        let ((want_y, want), (got_y, got)) = (run(Precision::F32), run(Precision::Bf16));
+        assert_tracks(&got_y, &want_y, "attention output");
+        for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            assert_tracks(g, w, name);
         }
     }
 
@@ -785,7 +850,7 @@ mod tests {
             let first = dropout(prob, ones([3, 50, 40])).unwrap_or_else(|_| panic!("not taken"));
             let qkv = [0, 1, 2].map(|_| random([2, 9, 8]));
             let [q, k, v] = qkv;
-            let attended = attention(Qkv { q, k, v }, None, 2, prob);
+            let attended = attention(Qkv { q, k, v }, None, 2, prob, Precision::F32);
             assert!(attended.is_ok());
             let second = dropout(prob, ones([7, 11, 1])).unwrap_or_else(|_| panic!("not taken"));
             [values(first), values(second)]

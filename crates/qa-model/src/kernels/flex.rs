@@ -10,6 +10,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::int8::{self, Int8Matrix, Isa};
+use crate::precision::Precision;
 
 use super::routines::{AttentionShape, CHUNK, attention_f32, linear_f32};
 use super::{Qkv, math, native};
@@ -97,10 +98,11 @@ pub(super) fn add_layer_norm<B: Backend, const D: usize>(
     Ok(native::give::<Flex, _, _>(y))
 }
 
-/// `x W + b` for `x: [m, k]`, `W: [k, n]`, through [`linear_f32`].
+/// `x W + b` for `x: [m, k]`, `W: [k, n]`, through [`linear_f32`] in `precision`.
 pub(super) fn linear<B: Backend>(
     layer: &Linear<B>,
     x: Tensor<B, 2>,
+    precision: Precision,
 ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
     let weight = layer.weight.val();
     if !native::is::<Flex, B>() || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
@@ -117,7 +119,13 @@ pub(super) fn linear<B: Backend>(
             .unwrap_or_else(|_| panic!("a {:?} bias beside an f32 weight", b.val().dtype()))
             .to_contiguous()
     });
-    let out = linear_f32([m, k, n], f32s(&x), f32s(&weight), bias.as_ref().map(f32s));
+    let out = linear_f32(
+        precision,
+        [m, k, n],
+        f32s(&x),
+        f32s(&weight),
+        bias.as_ref().map(f32s),
+    );
     Ok(native::give::<Flex, _, _>(f32_tensor(out, [m, n])))
 }
 
@@ -155,11 +163,13 @@ pub(super) fn f32_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) ->
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// Multi-head attention without dropout (there is none at inference).
+/// Multi-head attention without dropout (there is none at inference), the products in
+/// `precision`.
 pub(super) fn attention<B: Backend>(
     qkv: Qkv<B>,
     padding: Option<&Tensor<B, 2, Bool>>,
     heads: usize,
+    precision: Precision,
 ) -> Result<Tensor<B, 3>, Qkv<B>> {
     if !native::is::<Flex, B>()
         || [&qkv.q, &qkv.k, &qkv.v]
@@ -175,7 +185,7 @@ pub(super) fn attention<B: Backend>(
             .to_contiguous()
     });
     let padding = padding.map(host_mask);
-    let shape = AttentionShape::new(batch, seq, hidden, heads);
+    let shape = AttentionShape::new(batch, seq, hidden, heads).in_precision(precision);
     let (context, _) = attention_f32(
         shape,
         [f32s(&q), f32s(&k), f32s(&v)],

@@ -1,9 +1,12 @@
 //! The raw f32 routines both CPU paths share: matrix products with strides, the linear layer,
-//! and multi-head attention forward and backward, over plain slices. No burn types here.
+//! and multi-head attention forward and backward, over plain slices. No burn types here. Every
+//! product runs in a [`Precision`]: f32 (the `gemm` crate), or bf16 operands summed in f32
+//! ([`super::bf16`]).
 
 use rayon::prelude::*;
 
-use super::math;
+use super::{bf16, math};
+use crate::precision::Precision;
 
 /// A read-only matrix in memory: element (i, j) is at `ptr + i·row_stride + j·col_stride`, so
 /// a transpose or one head's columns are just other strides.
@@ -35,11 +38,51 @@ impl Mat {
 }
 
 /// `dst = (dst if accumulate) + scale · a b` for `a: [m, k]`, `b: [k, n]`, `dst: [m, n]` row-major
-/// with `dst_row_stride`.
+/// with `dst_row_stride`, the operands in `precision`.
 ///
 /// # Safety
 /// `a`, `b` and `dst` must be valid for every element the shapes and strides reach, and `dst`
 /// must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn product(
+    precision: Precision,
+    shape: [usize; 3],
+    dst: *mut f32,
+    dst_row_stride: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    parallel: bool,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        match precision {
+            Precision::F32 => matmul(
+                shape,
+                dst,
+                dst_row_stride,
+                accumulate,
+                a,
+                b,
+                scale,
+                parallel,
+            ),
+            Precision::Bf16 => bf16::matmul(
+                shape,
+                dst,
+                dst_row_stride,
+                accumulate,
+                a,
+                b,
+                scale,
+                parallel,
+            ),
+        }
+    }
+}
+
+/// [`product`] in f32, on the `gemm` crate.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul(
     [m, k, n]: [usize; 3],
@@ -83,8 +126,9 @@ pub(super) unsafe fn matmul(
 }
 
 /// `x W + b` for row-major `x: [m, k]`, `W: [k, n]`: the output starts as the bias in every row
-/// and one multi-threaded `gemm` adds the product to it.
+/// and one multi-threaded product in `precision` adds the product to it.
 pub(super) fn linear_f32(
+    precision: Precision,
     [m, k, n]: [usize; 3],
     x: &[f32],
     weight: &[f32],
@@ -103,7 +147,8 @@ pub(super) fn linear_f32(
     // SAFETY: x is [m, k], weight [k, n] and out has room for [m, n], all row-major; when
     // there is no bias, `accumulate` is false and gemm only writes.
     unsafe {
-        matmul(
+        product(
+            precision,
             [m, k, n],
             out.as_mut_ptr(),
             n,
@@ -152,6 +197,8 @@ pub(super) struct AttentionShape {
     pub hidden: usize,
     pub heads: usize,
     pub head_dim: usize,
+    /// What the products run in.
+    pub precision: Precision,
 }
 
 impl AttentionShape {
@@ -167,7 +214,13 @@ impl AttentionShape {
             hidden,
             heads,
             head_dim: hidden / heads,
+            precision: Precision::F32,
         }
+    }
+
+    /// The same shape with its products in `precision`.
+    pub fn in_precision(self, precision: Precision) -> Self {
+        AttentionShape { precision, ..self }
     }
 
     fn len(&self) -> usize {
@@ -205,6 +258,7 @@ pub(super) fn attention_f32(
         hidden,
         heads,
         head_dim,
+        ..
     } = shape;
     let len = shape.len();
     assert!(q.len() == len && k.len() == len && v.len() == len);
@@ -228,7 +282,8 @@ pub(super) fn attention_f32(
             // [seq, seq] buffer.
             unsafe {
                 // scores = scale · Q_h K_hᵀ
-                matmul(
+                product(
+                    shape.precision,
                     [seq, head_dim, seq],
                     scores.as_mut_ptr(),
                     seq,
@@ -260,7 +315,8 @@ pub(super) fn attention_f32(
             // capacity of batch·seq·hidden.
             unsafe {
                 // context_h = P V_h
-                matmul(
+                product(
+                    shape.precision,
                     [seq, seq, head_dim],
                     out.get().add(at),
                     hidden,
@@ -300,6 +356,7 @@ pub(super) fn attention_backward_f32(
         hidden,
         heads,
         head_dim,
+        ..
     } = shape;
     let len = shape.len();
     let block = seq * seq;
@@ -326,7 +383,8 @@ pub(super) fn attention_backward_f32(
             // columns of batch b's rows of dq, dk, dv, which no other task touches.
             unsafe {
                 // dV_h = P_usedᵀ dC_h
-                matmul(
+                product(
+                    shape.precision,
                     [seq, seq, head_dim],
                     dv.get().add(at),
                     hidden,
@@ -337,7 +395,8 @@ pub(super) fn attention_backward_f32(
                     false,
                 );
                 // dP = dC_h V_hᵀ
-                matmul(
+                product(
+                    shape.precision,
                     [seq, head_dim, seq],
                     d_probs.as_mut_ptr(),
                     seq,
@@ -357,7 +416,8 @@ pub(super) fn attention_backward_f32(
             // SAFETY: as above.
             unsafe {
                 // dQ_h = s dS K_h
-                matmul(
+                product(
+                    shape.precision,
                     [seq, seq, head_dim],
                     dq.get().add(at),
                     hidden,
@@ -368,7 +428,8 @@ pub(super) fn attention_backward_f32(
                     false,
                 );
                 // dK_h = s dSᵀ Q_h
-                matmul(
+                product(
+                    shape.precision,
                     [seq, seq, head_dim],
                     dk.get().add(at),
                     hidden,
