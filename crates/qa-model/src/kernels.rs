@@ -69,13 +69,13 @@ pub fn linear<B: Backend>(
 ) -> Tensor<B, 3> {
     let [batch, seq, features] = x.dims();
     let x = x.reshape([batch * seq, features]);
-    let int8 = products.int8.and_then(|w| w.get(layer.weight.id));
     let precision = products.precision;
+    // int8 products stand in for f32 ones only; under bf16 the layer's f32 weight runs.
+    let int8 = (products.int8)
+        .filter(|_| precision == Precision::F32)
+        .and_then(|w| w.get(layer.weight.id));
     let y = autodiff::linear(layer, x, precision)
-        .or_else(|x| match precision {
-            Precision::F32 => flex::linear_int8(layer, int8, x),
-            Precision::Bf16 => Err(x),
-        })
+        .or_else(|x| flex::linear_int8(layer, int8, x))
         .or_else(|x| flex::linear(layer, x, precision))
         .unwrap_or_else(|x| match precision {
             Precision::F32 => layer.forward(x),
